@@ -1,1 +1,45 @@
-"""models."""
+"""Models: architecture registry, the ``build`` factory, freeze policies and weights.
+
+>>> from cropdoc.models import build, get_arch, apply_policy, param_groups
+>>> spec = get_arch("efficientnet_b0")
+>>> model = build(spec.name, classes=5, weights=None)
+>>> apply_policy(model, spec, "head")
+"""
+
+from __future__ import annotations
+
+from .factory import build as build
+from .freeze import FreezePolicy as FreezePolicy
+from .freeze import apply_policy as apply_policy
+from .freeze import freeze_backbone as freeze_backbone
+from .freeze import full_unfreeze as full_unfreeze
+from .freeze import is_head_param as is_head_param
+from .freeze import param_groups as param_groups
+from .freeze import partial_unfreeze as partial_unfreeze
+from .freeze import set_train_mode as set_train_mode
+from .freeze import trainable_names as trainable_names
+from .registry import ArchSpec as ArchSpec
+from .registry import build_head as build_head
+from .registry import get_arch as get_arch
+from .registry import list_archs as list_archs
+from .registry import register_arch as register_arch
+from .weights import load_pretrained as load_pretrained
+
+__all__ = [
+    "ArchSpec",
+    "FreezePolicy",
+    "apply_policy",
+    "build",
+    "build_head",
+    "freeze_backbone",
+    "full_unfreeze",
+    "get_arch",
+    "is_head_param",
+    "list_archs",
+    "load_pretrained",
+    "param_groups",
+    "partial_unfreeze",
+    "register_arch",
+    "set_train_mode",
+    "trainable_names",
+]

@@ -1,0 +1,250 @@
+"""The model artifact: ``weights.safetensors`` + ``model.json``.
+
+A bundle describes itself: ``model.json`` holds the architecture, class names in index
+order, input size, resize/crop, normalization, calibration temperature, the recipe, the
+best epoch and metrics, and package versions, so ``predict``, ``export`` and ``serve``
+build their preprocessing from it and never from re-typed constants. Loading never
+unpickles: weights are safetensors, metadata is JSON.
+
+Writes are crash-safe. A bundle is written complete into ``model.tmp-*/`` and swapped in
+with two renames (``model`` → ``model.old``, new → ``model``); a crash between them leaves
+``model.old``, which :func:`load_bundle` falls back to. So a kill -9 or a full disk during
+a write never loses the previous bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import BundleError, CropdocError
+
+__all__ = ["Bundle", "BundleMeta", "load_bundle", "read_meta", "save_bundle", "update_meta"]
+
+_logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "model.json"
+
+
+@dataclass
+class BundleMeta:
+    """What ``model.json`` holds. Unknown keys from newer versions are kept in ``extra``."""
+
+    arch: str
+    classes: list[str]
+    image_size: int
+    resize_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    temperature: float = 1.0
+    recipe: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    exports: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    created: str = ""
+    weights_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["num_classes"] = self.num_classes
+        d.update(self.extra)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BundleMeta:
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        required = {"arch", "classes", "image_size", "resize_size", "mean", "std"}
+        missing = sorted(required - d.keys())
+        if missing:
+            raise BundleError(f"{META_FILE} lacks required field(s): {', '.join(missing)}")
+        kwargs = {k: d[k] for k in known if k in d}
+        kwargs["mean"], kwargs["std"] = tuple(d["mean"]), tuple(d["std"])
+        extra = {k: v for k, v in d.items() if k not in known and k != "num_classes"}
+        meta = cls(**kwargs, extra=extra)
+        if "num_classes" in d and d["num_classes"] != meta.num_classes:
+            raise BundleError(
+                f"{META_FILE} says num_classes={d['num_classes']} but lists "
+                f"{meta.num_classes} class names"
+            )
+        return meta
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: the model in eval mode and its metadata."""
+
+    model: nn.Module
+    meta: BundleMeta
+    path: Path
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "cropdoc": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+    }
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _resolve_dir(path: str | os.PathLike[str]) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if (p / META_FILE).is_file():
+        return p
+    if (p / "model" / META_FILE).is_file():  # a run directory was given
+        return p / "model"
+    old = p.with_name(p.name + ".old")
+    if (old / META_FILE).is_file():
+        _logger.warning("%s is missing; using %s left by an interrupted write", p, old)
+        return old
+    if (p / "model.old" / META_FILE).is_file():
+        return p / "model.old"
+    raise BundleError(
+        f"no model bundle at {p}: expected {p / META_FILE} and {p / WEIGHTS_FILE} "
+        f"(a run directory's model/ folder, written by `cropdoc train`)"
+    )
+
+
+def save_bundle(path: str | os.PathLike[str], model: nn.Module, meta: BundleMeta) -> Path:
+    """Write ``model`` and ``meta`` as a bundle at ``path`` atomically; return ``path``.
+
+    Raises:
+        BundleError: when writing fails (e.g. disk full); the previous bundle is kept.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
+    old = target.with_name(target.name + ".old")
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        weights = tmp / WEIGHTS_FILE
+        save_file(state, str(weights), metadata={"format": "pt", "arch": meta.arch})
+        _fsync_file(weights)
+        meta.weights_sha256 = _sha256(weights)
+        meta.versions = meta.versions or _versions()
+        meta.created = datetime.now(UTC).isoformat(timespec="seconds")
+        (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _fsync_file(tmp / META_FILE)
+        if target.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BundleError(f"could not write the model bundle to {target}: {e}") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
+    """Read and validate a bundle's ``model.json`` (no weights loaded)."""
+    folder = _resolve_dir(path)
+    try:
+        data = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise BundleError(f"{folder / META_FILE} is unreadable or not JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise BundleError(f"{folder / META_FILE} must hold a JSON object")
+    return BundleMeta.from_dict(data)
+
+
+def update_meta(path: str | os.PathLike[str], **changes: Any) -> BundleMeta:
+    """Update fields of ``model.json`` atomically (metrics, temperature, exports)."""
+    from .io import atomic_write_json
+
+    folder = _resolve_dir(path)
+    meta = read_meta(folder)
+    for key, value in changes.items():
+        if key in BundleMeta.__dataclass_fields__:
+            setattr(meta, key, value)
+        else:
+            meta.extra[key] = value
+    atomic_write_json(folder / META_FILE, meta.to_dict())
+    return meta
+
+
+def load_bundle(path: str | os.PathLike[str], *, map_location: str = "cpu") -> Bundle:
+    """Load a bundle (a ``model/`` folder or its run directory) into an eval-mode model.
+
+    Raises:
+        BundleError: missing files, checksum mismatch, or weights that disagree with
+            ``model.json`` (architecture or class count).
+
+    Example:
+        >>> bundle = load_bundle("runs/effb0/model")  # doctest: +SKIP
+        >>> bundle.meta.classes[:2]  # doctest: +SKIP
+    """
+    from .models import build
+
+    folder = _resolve_dir(path)
+    meta = read_meta(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"{weights} is missing")
+    if meta.weights_sha256 and _sha256(weights) != meta.weights_sha256:
+        raise BundleError(
+            f"{weights} does not match the checksum in {META_FILE}: the file is corrupt or "
+            f"was replaced; re-export or retrain the bundle"
+        )
+    try:
+        state = load_file(str(weights), device=map_location)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"{weights} is not a valid safetensors file: {e}") from e
+    try:
+        model = build(meta.arch, classes=meta.num_classes, weights="none")
+    except CropdocError as e:
+        raise BundleError(f"{folder / META_FILE}: {e}") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise BundleError(
+            f"weights in {weights} do not fit arch={meta.arch!r} with {meta.num_classes} "
+            f"classes as {META_FILE} says: {' '.join(first)}"
+        ) from e
+    model.eval()
+    return Bundle(model=model, meta=meta, path=folder)

@@ -1,0 +1,209 @@
+"""Configuration: every number of the recipe lives here, once, as a default.
+
+The seed's values (``Model-Training.md``) are the defaults. Users override them from a
+YAML file (``--config``) and from CLI options; options left unset (``None``) are dropped
+before merging, so each default is written exactly once, here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "RuntimeConfig",
+    "StageConfig",
+    "TrainConfig",
+    "load_config",
+    "merge_overrides",
+]
+
+_logger = logging.getLogger(__name__)
+
+# PlantVillage file names carry the photo / leaf id after "___"; see data/split.py.
+DEFAULT_GROUP_PATTERN_NAME = "plantvillage"
+
+Trainable = Literal["head", "partial", "all"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Strict):
+    """How images are found, split, decoded and batched."""
+
+    image_size: int = Field(224, ge=16, le=1024)
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    workers: int | None = Field(None, ge=0, description="None: sized for the machine")
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    group_pattern: str | None = Field(None, description="None: the PlantVillage leaf-id rule")
+    classes: list[str] | None = None
+    max_pixels: int = Field(40_000_000, ge=1)
+    balance: Literal["none", "loss", "sampler"] = "none"
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(x < 0 for x in v) or not math.isclose(sum(v), 1.0, abs_tol=1e-6) or v[0] <= 0:
+            raise ValueError(
+                f"split ratios must be three non-negative numbers summing to 1 with train > 0, "
+                f"got {list(v)} (e.g. 0.7,0.15,0.15)"
+            )
+        return v
+
+
+class StageConfig(_Strict):
+    """One stage of progressive unfreezing."""
+
+    name: str
+    epochs: int = Field(ge=0)
+    trainable: Trainable
+    lr: float = Field(gt=0, description="head learning rate (and backbone, unless backbone_lr)")
+    backbone_lr: float | None = Field(None, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    patience: int | None = Field(None, ge=1, description="None: optim.patience")
+
+
+class OptimConfig(_Strict):
+    """The regularization stack and optimizer settings shared by all stages."""
+
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    clip_grad_norm: float | None = Field(1.0, gt=0)
+    eta_min: float = Field(1e-7, ge=0)
+    patience: int = Field(5, ge=1)
+    min_delta: float = Field(0.0, ge=0)
+    bn_momentum: float | Literal["auto"] = Field(
+        "auto",
+        description="BatchNorm momentum; auto: the architecture's own for pretrained weights, "
+        "0.1 for weights=none (MobileNetV3's 0.01 leaves the running statistics of a new "
+        "model near their init for hundreds of steps, so validation sees garbage)",
+    )
+    bn_stats: Literal["auto", "frozen", "update"] = Field(
+        "auto",
+        description="running statistics of frozen BatchNorm layers; auto: frozen for "
+        "pretrained weights, updated for weights=none",
+    )
+
+
+class RuntimeConfig(_Strict):
+    """Where and how the loop runs (Lightning Fabric settings)."""
+
+    accelerator: str = "auto"
+    devices: int = Field(1, ge=1)
+    num_nodes: int = Field(1, ge=1)
+    strategy: str = "auto"
+    precision: Literal["auto", "32", "bf16", "16"] = "auto"
+    channels_last: bool = True
+    seed: int = 42
+    deterministic: bool = False
+
+
+class TrainConfig(_Strict):
+    """Everything ``cropdoc train`` needs besides the data path and the run directory."""
+
+    arch: str = "efficientnet_b0"
+    weights: str = "imagenet"
+    recipe: Literal["auto", "three-stage", "scratch"] = "auto"
+    stage_epochs: list[int] | None = None
+    stages: list[StageConfig] | None = None
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _check_stage_epochs(self) -> TrainConfig:
+        if self.stage_epochs is not None and any(e < 0 for e in self.stage_epochs):
+            raise ValueError(f"stage epochs must be >= 0, got {self.stage_epochs}")
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _format_validation_error(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see `cropdoc train --help`)"
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    # None means "not given": keep the default written above instead of overriding it.
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = _drop_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def merge_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Return ``config`` with the non-None values of a nested ``overrides`` dict applied.
+
+    Raises:
+        ConfigError: when the result is invalid.
+    """
+    merged = _deep_merge(config.model_dump(), _drop_none(overrides))
+    try:
+        return TrainConfig.model_validate(merged)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration: {_format_validation_error(e)}") from e
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """Load a YAML config (or the defaults) and apply CLI overrides.
+
+    Raises:
+        ConfigError: missing file, malformed YAML, unknown keys or invalid values.
+    """
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"malformed YAML in {p}: {e}".splitlines()[0]) from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p} must hold a mapping of settings, got {type(loaded).__name__}")
+        raw = loaded
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"invalid configuration in {path}: {_format_validation_error(e)}") from e
+    return merge_overrides(config, overrides or {})

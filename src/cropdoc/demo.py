@@ -1,0 +1,82 @@
+"""``cropdoc demo``: the whole pipeline on generated leaves, in a few CPU minutes.
+
+It generates a small PlantVillage-style dataset (no network, no shipped images), then
+trains MobileNetV3-Small through all three stages of the recipe — head, then the top of
+the backbone, then everything with differential learning rates — and evaluates the best
+bundle on the held-out test split.
+
+There are no pretrained weights offline, so the demo starts from random weights. The
+seed's learning rates (1e-3 → 1e-4 → 1e-5) are tuned to protect ImageNet features; from
+random weights they barely move, so the demo keeps the recipe's structure (freeze policy,
+differential rates, cosine per stage, early stopping, best-across-stages) with rates that
+learn from scratch. ``cropdoc train`` uses the seed's numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import StageConfig, TrainConfig, load_config
+from .data.synthetic import generate_dataset
+from .training.run import TrainResult, train
+
+__all__ = ["DEMO_STAGES", "demo_config", "run_demo"]
+
+_logger = logging.getLogger(__name__)
+
+DEMO_STAGES = [
+    StageConfig(name="feature_extraction", epochs=3, trainable="head", lr=3e-3),
+    StageConfig(name="adaptation", epochs=5, trainable="partial", lr=2e-3),
+    StageConfig(
+        name="refinement", epochs=8, trainable="all", lr=2e-3, backbone_lr=1e-3, warmup_epochs=0.5
+    ),
+]
+DEMO_IMAGE_SIZE = 64
+
+
+def demo_config(seed: int = 42) -> TrainConfig:
+    """The demo's training settings: MobileNetV3-Small, random init, small images."""
+    return load_config(
+        overrides={
+            "arch": "mobilenet_v3_small",
+            "weights": "none",
+            "recipe": "three-stage",
+            "stages": [s.model_dump() for s in DEMO_STAGES],
+            "data": {"image_size": DEMO_IMAGE_SIZE, "batch_size": 32},
+            "runtime": {"seed": seed},
+        }
+    )
+
+
+def run_demo(
+    out: str | Path = "demo-run",
+    *,
+    images_per_class: int = 80,
+    seed: int = 42,
+    config: TrainConfig | None = None,
+    show_progress: bool = True,
+    scan_progress: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Generate the demo data under ``out/data`` and train into ``out/run``.
+
+    A second call reuses the generated data; an earlier finished run is replaced.
+    """
+    import shutil
+
+    out = Path(out)
+    data = generate_dataset(
+        out / "data", images_per_class=images_per_class, image_size=96, seed=seed
+    )
+    run_dir = out / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    _logger.info("demo data: %s; training into %s", data, run_dir)
+    return train(
+        data,
+        run_dir,
+        config or demo_config(seed),
+        show_progress=show_progress,
+        scan_progress=scan_progress,
+    )

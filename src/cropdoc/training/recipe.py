@@ -1,0 +1,75 @@
+"""The training recipe as data: which stages run, with which epochs, rates and trainable sets.
+
+The seed's three stages (``Model-Training.md``):
+
+=====  ======================  ======  ==========================  =======================
+stage  trainable               epochs  lr                          why
+=====  ======================  ======  ==========================  =======================
+1      head                    5       1e-3                        train the new head fast
+2      head + top of backbone  10      1e-4                        adapt high-level features
+3      everything              10      1e-5 backbone / 5e-5 head   co-adapt, gently
+=====  ======================  ======  ==========================  =======================
+
+With ``weights=none`` there is no pretrained knowledge to protect, and freezing a random
+backbone only wastes epochs, so the ``auto`` recipe becomes one from-scratch stage with a
+higher learning rate and a short warm-up; ``recipe="three-stage"`` forces the seed recipe.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..config import StageConfig, TrainConfig
+from ..errors import ConfigError
+
+__all__ = ["SCRATCH_STAGES", "THREE_STAGE", "resolve_stages"]
+
+_logger = logging.getLogger(__name__)
+
+THREE_STAGE: tuple[StageConfig, ...] = (
+    StageConfig(name="feature_extraction", epochs=5, trainable="head", lr=1e-3),
+    StageConfig(name="adaptation", epochs=10, trainable="partial", lr=1e-4),
+    StageConfig(name="refinement", epochs=10, trainable="all", lr=5e-5, backbone_lr=1e-5),
+)
+
+# From scratch: one stage, everything trainable. Measured on plantvillage-mini (see
+# BENCHMARKS.md / the trainer issue note): AdamW at 2e-3 with one warm-up epoch learns
+# reliably where the seed's 1e-3/1e-4/1e-5 schedule on a frozen random backbone does not.
+SCRATCH_STAGES: tuple[StageConfig, ...] = (
+    StageConfig(name="scratch", epochs=40, trainable="all", lr=2e-3, warmup_epochs=1, patience=10),
+)
+
+
+def resolve_stages(config: TrainConfig) -> list[StageConfig]:
+    """Return the stages a run will execute, after recipe choice and epoch overrides.
+
+    Raises:
+        ConfigError: when ``stage_epochs`` does not match the number of stages.
+    """
+    if config.stages is not None:
+        stages = list(config.stages)
+    else:
+        recipe = config.recipe
+        if recipe == "auto":
+            recipe = "scratch" if config.weights.lower() == "none" else "three-stage"
+            if recipe == "scratch":
+                _logger.info(
+                    "weights=none: no pretrained features to preserve, so using one "
+                    "from-scratch stage (all layers, lr 2e-3, warm-up); pass "
+                    "--recipe three-stage to force the seed recipe"
+                )
+        stages = list(THREE_STAGE if recipe == "three-stage" else SCRATCH_STAGES)
+    if config.stage_epochs is not None:
+        if len(config.stage_epochs) != len(stages):
+            raise ConfigError(
+                f"--stage-epochs has {len(config.stage_epochs)} value(s) but the recipe has "
+                f"{len(stages)} stage(s) ({', '.join(s.name for s in stages)}); give one "
+                f"number per stage, e.g. {','.join(str(s.epochs) for s in stages)}"
+            )
+        stages = [
+            s.model_copy(update={"epochs": e})
+            for s, e in zip(stages, config.stage_epochs, strict=True)
+        ]
+    if not any(s.epochs > 0 for s in stages):
+        raise ConfigError("every stage has 0 epochs: nothing would be trained")
+    return stages

@@ -1,0 +1,415 @@
+"""The training loop: one stage of the recipe on Lightning Fabric.
+
+``Trainer.fit`` runs one stage top to bottom: for each epoch, reseed, train, validate,
+log one line, keep the best bundle, write the resume checkpoint. Fabric owns device,
+precision and distribution (``setup``, ``backward``, ``clip_gradients``), so the same loop
+runs on a CPU, a GPU or many processes with DDP. After a stage changes ``requires_grad``
+the raw module is set up again with the new optimizer (DDP must be rebuilt for the new
+trainable set).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from ..bundle import BundleMeta, save_bundle
+from ..config import OptimConfig, StageConfig
+from ..errors import TrainingError
+from ..io import atomic_write_text
+from ..models import ArchSpec, apply_policy, param_groups, set_train_mode
+from .checkpoint import save_checkpoint
+from .early_stopping import EarlyStopping
+from .scheduler import create_scheduler
+
+__all__ = ["EpochStats", "HISTORY_COLUMNS", "Trainer", "evaluate", "seed_epoch", "write_history"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochStats:
+    """One row of ``history.csv``."""
+
+    stage: int
+    stage_name: str
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    val_f1: float
+    epoch_time_s: float
+    train_images_per_s: float
+    data_wait_s: float
+
+
+HISTORY_COLUMNS = [f.name for f in fields(EpochStats)]
+
+
+def write_history(path: Path, rows: Sequence[EpochStats | dict[str, Any]]) -> None:
+    """Write ``history.csv`` atomically (one row per epoch, all stages)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row) if isinstance(row, EpochStats) else row)
+    atomic_write_text(path, buf.getvalue())
+
+
+def seed_epoch(seed: int, global_epoch: int) -> None:
+    """Reseed every RNG from (seed, epoch): shuffling, augmentation and dropout of an epoch
+    are then the same whether the run was interrupted and resumed or not."""
+    s = (seed * 1_000_003 + global_epoch) % (2**31)
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def _to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+@torch.inference_mode()
+def evaluate(
+    fabric: Fabric,
+    model: nn.Module,
+    criterion: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    num_classes: int,
+    *,
+    channels_last: bool = True,
+) -> dict[str, float]:
+    """Loss, accuracy and macro-F1 of ``model`` on every sample of ``loader`` (no padding).
+
+    Each process evaluates the whole loader, so the figures are exact under DDP too.
+    """
+    model.eval()
+    acc = MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False).to(fabric.device)
+    f1 = MulticlassF1Score(num_classes, average="macro", sync_on_compute=False).to(fabric.device)
+    total_loss, seen = 0.0, 0
+    for x, y in loader:
+        x, y = _to_input(x.to(fabric.device), channels_last), y.to(fabric.device)
+        logits = model(x).float()
+        total_loss += criterion(logits, y).item() * y.numel()
+        seen += y.numel()
+        acc.update(logits, y)
+        f1.update(logits, y)
+    expected = len(loader.dataset)  # type: ignore[arg-type]
+    if seen != expected:
+        _logger.warning("evaluated %d samples but the dataset has %d", seen, expected)
+    if seen == 0:
+        return {"loss": math.nan, "acc": math.nan, "f1": math.nan, "n": 0}
+    return {
+        "loss": total_loss / seen,
+        "acc": acc.compute().item(),
+        "f1": f1.compute().item(),
+        "n": seen,
+    }
+
+
+class Trainer:
+    """Runs stages of the recipe on one model, keeping the best bundle across all of them.
+
+    Args:
+        fabric: a launched ``Fabric``.
+        model: the raw (not yet set up) model; the trainer sets it up per stage.
+        spec: the architecture spec (head attribute, stage-2 groups).
+        optim: the shared optimizer / regularization settings.
+        run_dir: where ``model/``, ``last.ckpt`` and ``history.csv`` go.
+        meta: bundle metadata template (arch, classes, preprocessing, recipe).
+        seed: base seed for per-epoch reseeding.
+        class_weights: per-class loss weights (``--balance loss``) or None.
+        channels_last: feed NHWC tensors (faster convolutions on CPU and GPU).
+        freeze_bn_stats: frozen BatchNorm layers keep their running statistics.
+        show_progress: a progress bar per epoch on global rank zero.
+    """
+
+    def __init__(
+        self,
+        fabric: Fabric,
+        model: nn.Module,
+        spec: ArchSpec,
+        *,
+        optim: OptimConfig,
+        run_dir: Path,
+        meta: BundleMeta,
+        seed: int = 42,
+        class_weights: torch.Tensor | None = None,
+        channels_last: bool = True,
+        freeze_bn_stats: bool = True,
+        show_progress: bool = True,
+    ) -> None:
+        self.fabric = fabric
+        self.raw_model = model
+        self.spec = spec
+        self.optim = optim
+        self.run_dir = Path(run_dir)
+        self.meta = meta
+        self.seed = seed
+        self.channels_last = channels_last
+        self.freeze_bn_stats = freeze_bn_stats
+        self.show_progress = show_progress
+        self.num_classes = meta.num_classes
+        weight = class_weights.to(fabric.device) if class_weights is not None else None
+        self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=optim.label_smoothing)
+        self.eval_criterion = nn.CrossEntropyLoss(label_smoothing=optim.label_smoothing)
+        self.history: list[EpochStats] = []
+        self.best_f1 = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.global_epoch = 0
+        self.model: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    # -- stage set-up -------------------------------------------------------------------
+    def setup_stage(self, stage: StageConfig, steps_per_epoch: int) -> None:
+        """Freeze policy → param groups → AdamW + cosine → ``fabric.setup``."""
+        apply_policy(self.raw_model, self.spec, stage.trainable)
+        groups = param_groups(
+            self.raw_model,
+            self.spec,
+            backbone_lr=stage.backbone_lr or stage.lr,
+            head_lr=stage.lr,
+        )
+        optimizer = torch.optim.AdamW(
+            groups, lr=stage.lr, betas=self.optim.betas, weight_decay=self.optim.weight_decay
+        )
+        self.scheduler = create_scheduler(
+            optimizer,
+            total_steps=max(1, stage.epochs * steps_per_epoch),
+            eta_min=self.optim.eta_min,
+            warmup_steps=round(stage.warmup_epochs * steps_per_epoch),
+        )
+        self.model, self.optimizer = self.fabric.setup(self.raw_model, optimizer)
+        _logger.debug("param groups: %s", [(g["name"], g["lr"], len(g["params"])) for g in groups])
+
+    # -- one epoch -----------------------------------------------------------------------
+    def train_one_epoch(self, loader: torch.utils.data.DataLoader, desc: str) -> dict[str, float]:
+        assert self.model is not None and self.optimizer is not None and self.scheduler is not None
+        fabric, model, optimizer = self.fabric, self.model, self.optimizer
+        set_train_mode(model, freeze_bn_stats=self.freeze_bn_stats)
+        total = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # loss*n, correct, n
+        data_wait = 0.0
+        progress = self._progress(len(loader), desc)
+        start = tick = time.perf_counter()
+        for x, y in loader:
+            data_wait += time.perf_counter() - tick
+            x = _to_input(x, self.channels_last)
+            logits = model(x)
+            loss = self.criterion(logits.float(), y)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss.item()} in {desc}: training stopped; the best "
+                    f"bundle so far is kept in {self.run_dir / 'model'}. Lower the learning "
+                    f"rate or use --precision 32"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(loss)
+            if self.optim.clip_grad_norm is not None:
+                fabric.clip_gradients(
+                    model, optimizer, max_norm=self.optim.clip_grad_norm, error_if_nonfinite=False
+                )
+            optimizer.step()
+            self.scheduler.step()
+            n = y.numel()
+            total += torch.tensor(
+                [loss.item() * n, (logits.argmax(1) == y).sum().item(), n],
+                dtype=torch.float64,
+                device=fabric.device,
+            )
+            if progress is not None:
+                elapsed = time.perf_counter() - start
+                progress.update(
+                    progress.task_ids[0],
+                    advance=1,
+                    loss=total[0].item() / total[2].item(),
+                    ips=total[2].item() / max(elapsed, 1e-9),
+                )
+            tick = time.perf_counter()
+        elapsed = time.perf_counter() - start
+        if progress is not None:
+            progress.stop()
+        total = fabric.all_reduce(total, reduce_op="sum")
+        n = max(total[2].item(), 1)
+        return {
+            "loss": total[0].item() / n,
+            "acc": total[1].item() / n,
+            "n": total[2].item(),
+            "time": elapsed,
+            "data_wait": data_wait,
+        }
+
+    def _progress(self, steps: int, desc: str):
+        if not (self.show_progress and self.fabric.is_global_zero):
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  {task.fields[ips]:.0f} img/s"),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        progress.add_task(desc, total=steps, loss=math.nan, ips=0.0)
+        progress.start()
+        return progress
+
+    # -- a stage -------------------------------------------------------------------------
+    def fit(
+        self,
+        train_loader: torch.utils.data.DataLoader,
+        val_loader: torch.utils.data.DataLoader,
+        num_epochs: int,
+        *,
+        stage: StageConfig,
+        stage_index: int = 0,
+        start_epoch: int = 0,
+        early_stopping: EarlyStopping | None = None,
+    ) -> EarlyStopping:
+        """Train one stage for up to ``num_epochs`` epochs (early stopping on val macro-F1).
+
+        Call :meth:`setup_stage` first (or after loading a resume checkpoint). The best
+        model across all stages is saved as the bundle; ``last.ckpt`` is written after
+        every epoch. At the end the model holds the best weights seen so far, so the
+        next stage starts from them.
+
+        Returns:
+            The stage's early-stopping state.
+        """
+        es = early_stopping or EarlyStopping(
+            patience=stage.patience or self.optim.patience, min_delta=self.optim.min_delta
+        )
+        stopped = False
+        for epoch in range(start_epoch, num_epochs):
+            seed_epoch(self.seed, self.global_epoch)
+            assert self.optimizer is not None
+            lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
+            desc = f"stage {stage_index + 1} {stage.name} epoch {epoch + 1}/{num_epochs}"
+            train = self.train_one_epoch(train_loader, desc)
+            val = evaluate(
+                self.fabric,
+                self.model,
+                self.eval_criterion,
+                val_loader,
+                self.num_classes,
+                channels_last=self.channels_last,
+            )
+            row = EpochStats(
+                stage=stage_index + 1,
+                stage_name=stage.name,
+                epoch=epoch + 1,
+                lr=lr,
+                train_loss=train["loss"],
+                train_acc=train["acc"],
+                val_loss=val["loss"],
+                val_acc=val["acc"],
+                val_f1=val["f1"],
+                epoch_time_s=train["time"],
+                train_images_per_s=train["n"] / max(train["time"], 1e-9),
+                data_wait_s=train["data_wait"],
+            )
+            self.history.append(row)
+            self.global_epoch += 1
+            stopped = es.step(val["f1"])
+            improved_global = val["f1"] > self.best_f1
+            if improved_global:
+                self.best_f1 = val["f1"]
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.raw_model.state_dict().items()
+                }
+                self._save_bundle(row)
+            _logger.info(
+                "%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.4f%s | lr %.2e | "
+                "%.1fs %.0f img/s",
+                desc,
+                row.train_loss,
+                row.train_acc,
+                row.val_loss,
+                row.val_acc,
+                row.val_f1,
+                " (best)" if improved_global else "",
+                lr,
+                row.epoch_time_s,
+                row.train_images_per_s,
+            )
+            stage_done = stopped or epoch + 1 == num_epochs
+            if stage_done:
+                self.restore_best()
+            self._save_checkpoint(stage_index, epoch + 1, stage_done, es)
+            if stopped:
+                _logger.info(
+                    "early stopping: val macro-F1 did not improve for %d epochs (best %.4f)",
+                    es.patience,
+                    es.best_score,
+                )
+                break
+        return es
+
+    def restore_best(self) -> None:
+        """Load the best weights seen so far into the model (no-op before any epoch)."""
+        if self.best_state is not None:
+            self.raw_model.load_state_dict(self.best_state)
+
+    # -- persistence -----------------------------------------------------------------
+    def _save_bundle(self, row: EpochStats) -> None:
+        if not self.fabric.is_global_zero:
+            return
+        self.meta.best = {
+            "stage": row.stage,
+            "stage_name": row.stage_name,
+            "epoch": row.epoch,
+            "global_epoch": self.global_epoch,
+            "val_f1": row.val_f1,
+            "val_acc": row.val_acc,
+            "val_loss": row.val_loss,
+        }
+        save_bundle(self.run_dir / "model", self.raw_model, self.meta)
+
+    def _save_checkpoint(
+        self, stage_index: int, epoch: int, stage_done: bool, es: EarlyStopping
+    ) -> None:
+        if self.fabric.is_global_zero:
+            write_history(self.run_dir / "history.csv", self.history)
+            assert self.optimizer is not None and self.scheduler is not None
+            save_checkpoint(
+                self.run_dir / "last.ckpt",
+                {
+                    "format_version": 1,
+                    "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "stage": stage_index,
+                    "epoch": epoch,
+                    "stage_done": stage_done,
+                    "global_epoch": self.global_epoch,
+                    "early_stopping": es.state_dict(),
+                    "best_f1": self.best_f1,
+                    "history": [asdict(r) for r in self.history],
+                    "seed": self.seed,
+                },
+            )
+        self.fabric.barrier()

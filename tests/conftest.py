@@ -1,0 +1,62 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_PLANTVILLAGE_ENV = "CROPDOC_PLANTVILLAGE_MINI"
+
+
+@pytest.fixture(scope="session")
+def plantvillage_mini() -> Path:
+    """The real 12-class, 1,420-image PlantVillage sample; skips when it is absent.
+
+    Looked up in ``$CROPDOC_PLANTVILLAGE_MINI``, else ``../shared/data/plantvillage-mini``
+    next to the repository root (where CI puts it).
+    """
+    override = os.environ.get(_PLANTVILLAGE_ENV)
+    path = (
+        Path(override)
+        if override
+        else Path(__file__).resolve().parents[2] / "shared/data/plantvillage-mini"
+    )
+    if not path.is_dir():
+        pytest.skip(
+            f"real PlantVillage sample not found at {path}; set {_PLANTVILLAGE_ENV} to the "
+            "plantvillage-mini folder to run this test"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated dataset (4 classes × 12 images, 48 px) for end-to-end runs."""
+    from cropdoc.data.synthetic import DEMO_CLASSES, generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    return generate_dataset(
+        root, images_per_class=12, image_size=48, classes=DEMO_CLASSES[:4], seed=3
+    )
+
+
+def tiny_config(**overrides):
+    """A fast config: MobileNetV3-Small from scratch, 32 px, one epoch per stage, fp32."""
+    from cropdoc.config import load_config
+
+    base = {
+        "arch": "mobilenet_v3_small",
+        "weights": "none",
+        "recipe": "three-stage",
+        "stage_epochs": [1, 1, 1],
+        "data": {"image_size": 32, "batch_size": 8, "workers": 0},
+        "runtime": {"precision": "32", "accelerator": "cpu"},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            base[key] = {**base.get(key, {}), **value}
+        else:
+            base[key] = value
+    return load_config(overrides=base)

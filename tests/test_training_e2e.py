@@ -1,0 +1,132 @@
+"""End-to-end training runs on tiny generated data: files, bundle, best-across-stages, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from cropdoc.bundle import load_bundle, read_meta
+from cropdoc.errors import ConfigError
+from cropdoc.training import trainer as trainer_mod
+from cropdoc.training.run import train
+from cropdoc.training.trainer import HISTORY_COLUMNS
+
+RUN_FILES = [
+    "config.yaml",
+    "split.json",
+    "scan_report.json",
+    "history.csv",
+    "curves.png",
+    "model/model.json",
+    "model/weights.safetensors",
+    "last.ckpt",
+    "summary.json",
+]
+
+
+def _history(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_three_stage_run_writes_every_file(tiny_data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = train(tiny_data, run, tiny_config(), show_progress=False)
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    rows = _history(run)
+    assert list(rows[0].keys()) == HISTORY_COLUMNS
+    assert [int(r["stage"]) for r in rows] == [1, 2, 3]
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Head lr per stage: the recipe's 1e-3, 1e-4, 5e-5.
+    assert [float(r["lr"]) for r in rows] == pytest.approx([1e-3, 1e-4, 5e-5])
+
+    meta = read_meta(run / "model")
+    assert meta.arch == "mobilenet_v3_small"
+    assert meta.classes == json.loads((run / "split.json").read_text())["classes"]
+    assert meta.image_size == 32 and meta.best["val_f1"] == pytest.approx(result.best_val_f1)
+    assert set(meta.metrics["test"]) >= {"accuracy", "macro_f1"}
+    assert [s["trainable"] for s in meta.recipe] == ["head", "partial", "all"]
+
+    # The bundle reloads and predicts exactly what the in-memory best model predicts.
+    bundle = load_bundle(run / "model")
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = result.model.float().eval()(x.contiguous(memory_format=torch.channels_last))
+        got = bundle.model(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test"]["n"] == len(json.loads((run / "split.json").read_text())["splits"]["test"])
+
+
+def test_refuses_to_overwrite_a_run(tiny_data: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny_data, run, tiny_config(), show_progress=False)
+
+
+def test_later_worse_stage_never_overwrites_better_bundle(tiny_data, tmp_path, monkeypatch):
+    # Scripted validation F1: stage 1 peaks at 0.9, stages 2 and 3 stay below it.
+    scores = iter([0.5, 0.9, 0.6, 0.7, 0.4])
+    real_evaluate = trainer_mod.evaluate
+
+    def scripted(*args, **kwargs):
+        out = real_evaluate(*args, **kwargs)
+        return {**out, "f1": next(scores, out["f1"])}
+
+    monkeypatch.setattr(trainer_mod, "evaluate", scripted)
+    run = tmp_path / "run"
+    train(tiny_data, run, tiny_config(stage_epochs=[2, 2, 1]), show_progress=False)
+    meta = read_meta(run / "model")
+    assert meta.best["stage"] == 1 and meta.best["epoch"] == 2
+    assert meta.best["val_f1"] == pytest.approx(0.9)
+    assert len(_history(run)) == 5
+
+
+def _interrupt_after(monkeypatch, epochs: int) -> None:
+    real = trainer_mod.Trainer.train_one_epoch
+    calls = {"n": 0}
+
+    def flaky(self, loader, desc):
+        calls["n"] += 1
+        if calls["n"] > epochs:
+            raise KeyboardInterrupt("simulated kill")
+        return real(self, loader, desc)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_one_epoch", flaky)
+
+
+@pytest.mark.parametrize("done_epochs", [2, 3])  # mid-stage 2, and at the stage 2/3 boundary
+def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, done_epochs):
+    config = tiny_config(stage_epochs=[1, 2, 1])
+    reference = train(tiny_data, tmp_path / "ref", config, show_progress=False)
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, done_epochs)
+        with pytest.raises(KeyboardInterrupt):
+            train(tiny_data, run, config, show_progress=False)
+    assert len(_history(run)) == done_epochs
+    resumed = train(None, run, config, resume=True, show_progress=False)
+
+    ref_rows, rows = _history(tmp_path / "ref"), _history(run)
+    assert len(rows) == len(ref_rows) == 4
+    for a, b in zip(ref_rows, rows, strict=True):
+        assert (a["stage"], a["epoch"]) == (b["stage"], b["epoch"])
+        for key in ("lr", "train_loss", "val_loss", "val_f1"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-4, abs=1e-5), key
+    assert resumed.best_val_f1 == pytest.approx(reference.best_val_f1)
+    assert resumed.test["accuracy"] == pytest.approx(reference.test["accuracy"])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="cannot resume"):
+        train(None, tmp_path / "nothing", tiny_config(), resume=True, show_progress=False)

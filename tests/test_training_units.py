@@ -1,0 +1,188 @@
+"""Early stopping, scheduler, recipe, precision and checkpoint units."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from cropdoc.config import load_config
+from cropdoc.errors import BundleError, ConfigError
+from cropdoc.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, save_checkpoint
+from cropdoc.training.early_stopping import EarlyStopping
+from cropdoc.training.precision import resolve_precision
+from cropdoc.training.recipe import SCRATCH_STAGES, THREE_STAGE, resolve_stages
+from cropdoc.training.scheduler import create_scheduler
+
+
+def test_early_stopping_seed_example():
+    # The seed's table: best at epochs 1 and 2, then five epochs without improvement.
+    es = EarlyStopping(patience=5)
+    scores = [0.85, 0.87, 0.86, 0.84, 0.85, 0.83, 0.84]
+    stops = [es.step(s) for s in scores]
+    assert stops == [False] * 6 + [True]
+    assert es.best_score == pytest.approx(0.87)
+    assert es.counter == 5
+
+
+def test_early_stopping_improved_flag_and_state_round_trip():
+    es = EarlyStopping(patience=2)
+    es.step(0.5)
+    assert es.improved
+    es.step(0.5)  # equal is not an improvement
+    assert not es.improved
+    other = EarlyStopping(patience=2)
+    other.load_state_dict(es.state_dict())
+    assert other.step(0.4) is True
+
+
+def _optimizer(*lrs: float) -> torch.optim.Optimizer:
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
+    return torch.optim.AdamW(groups)
+
+
+def test_cosine_reaches_eta_min_at_end_of_stage_for_every_group():
+    opt = _optimizer(1e-5, 5e-5)
+    sched = create_scheduler(opt, total_steps=20, eta_min=1e-7)
+    seen = []
+    for _ in range(20):
+        seen.append(opt.param_groups[1]["lr"])
+        opt.step()
+        sched.step()
+    assert seen[0] == pytest.approx(5e-5)
+    assert all(a >= b for a, b in zip(seen, seen[1:], strict=False))  # monotone decay
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-7, 1e-7])
+
+
+def test_warmup_rises_then_decays():
+    opt = _optimizer(1e-3)
+    sched = create_scheduler(opt, total_steps=10, eta_min=0.0, warmup_steps=3)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-3)
+    assert lrs[-1] < lrs[4]
+
+
+def test_recipe_defaults_are_the_seed_table():
+    stages = resolve_stages(load_config())
+    assert [(s.trainable, s.epochs, s.lr, s.backbone_lr) for s in stages] == [
+        ("head", 5, 1e-3, None),
+        ("partial", 10, 1e-4, None),
+        ("all", 10, 5e-5, 1e-5),
+    ]
+    assert stages == list(THREE_STAGE)
+
+
+def test_recipe_scratch_for_weights_none_unless_forced():
+    assert resolve_stages(load_config(overrides={"weights": "none"})) == list(SCRATCH_STAGES)
+    forced = load_config(overrides={"weights": "none", "recipe": "three-stage"})
+    assert resolve_stages(forced) == list(THREE_STAGE)
+
+
+def test_recipe_stage_epochs_override_and_mismatch():
+    stages = resolve_stages(load_config(overrides={"stage_epochs": [1, 2, 3]}))
+    assert [s.epochs for s in stages] == [1, 2, 3]
+    with pytest.raises(ConfigError, match="one number per stage"):
+        resolve_stages(load_config(overrides={"stage_epochs": [1, 2]}))
+    with pytest.raises(ConfigError, match="nothing would be trained"):
+        resolve_stages(load_config(overrides={"stage_epochs": [0, 0, 0]}))
+
+
+def test_recipe_from_yaml(tmp_path: Path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "arch: resnet50\nstages:\n  - {name: only, epochs: 2, trainable: all, lr: 0.01}\n"
+        "optim: {patience: 3}\n"
+    )
+    config = load_config(cfg, {"optim": {"patience": None}})
+    assert config.optim.patience == 3
+    assert [s.name for s in resolve_stages(config)] == ["only"]
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("arch: [unclosed", "malformed YAML"),
+        ("archh: resnet50", "unknown key"),
+        ("data: {split: [0.5, 0.5, 0.5]}", "summing to 1"),
+        ("stage_epochs: [-1, 2, 3]", ">= 0"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, match: str):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(cfg)
+
+
+def test_precision_explicit_and_auto():
+    assert resolve_precision("32") == "32-true"
+    assert resolve_precision("bf16") == "bf16-mixed"
+    assert resolve_precision("16") == "16-mixed"
+    assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32-true")
+
+
+def _state() -> dict:
+    return {
+        "format_version": 1,
+        "model": {"w": torch.ones(2)},
+        "optimizer": {},
+        "scheduler": {},
+        "stage": 0,
+        "epoch": 1,
+        "stage_done": False,
+        "global_epoch": 1,
+        "early_stopping": EarlyStopping().state_dict(),
+        "best_f1": 0.5,
+        "history": [],
+        "seed": 42,
+    }
+
+
+def test_checkpoint_round_trip_and_strict_keys(tmp_path: Path):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(path, _state())
+    loaded = load_checkpoint(path)
+    assert set(loaded) == CHECKPOINT_KEYS
+    assert torch.equal(loaded["model"]["w"], torch.ones(2))
+    extra = {**_state(), "surprise": 1}
+    torch.save(extra, path)
+    with pytest.raises(BundleError, match="unused"):
+        load_checkpoint(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED_MARKER",))
+
+
+def test_checkpoint_with_pickle_payload_is_refused_without_running_it(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "last.ckpt"
+    with open(path, "wb") as fh:
+        pickle.dump({**_state(), "model": _Payload()}, fh)
+    with pytest.raises(BundleError, match="refused"):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED_MARKER").exists()
+
+
+def test_checkpoint_write_error_keeps_previous(tmp_path: Path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(path, _state())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(BundleError, match="No space left"):
+        save_checkpoint(path, {**_state(), "epoch": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
