@@ -1,0 +1,108 @@
+"""The ``cropdoc`` Typer app, shared console helpers and the entry point.
+
+It parses options, calls the library, and prints. User errors (``CropdocError``) are
+printed as one line without a traceback and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from .. import __version__
+from ..errors import CropdocError
+
+__all__ = ["app", "console", "data_app", "main", "out", "parse_floats", "scan_progress"]
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    name="cropdoc",
+    help="Train, evaluate and deploy crop-disease image classifiers.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Look at a dataset before training on it.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"cropdoc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only.")] = False,
+) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(
+        level=level,
+        format="%(message)s",
+        datefmt="[%X]",
+        force=True,
+        handlers=[RichHandler(console=console, show_path=verbose, rich_tracebacks=False)],
+    )
+    for noisy in ("lightning_fabric", "lightning", "PIL", "matplotlib", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def scan_progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    progress = Progress(
+        TextColumn("scanning images"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+    )
+    task = progress.add_task("scan", total=None)
+
+    def update(done: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=done, total=total)
+        if done >= total:
+            progress.stop()
+
+    return update
+
+
+def parse_floats(text: str | None, name: str, n: int | None = None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from e
+    if n is not None and len(values) != n:
+        raise typer.BadParameter(f"{name} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except CropdocError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)

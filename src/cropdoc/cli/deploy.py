@@ -1,0 +1,3 @@
+"""``cropdoc predict``, ``cropdoc export`` and ``cropdoc serve``."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""``cropdoc evaluate`` and ``cropdoc compare``."""
+
+from __future__ import annotations
