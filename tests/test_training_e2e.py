@@ -62,7 +62,9 @@ def test_tiny_three_stage_run_writes_every_file(tiny_data: Path, tmp_path: Path)
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["test"]["n"] == len(json.loads((run / "split.json").read_text())["splits"]["test"])
+    assert summary["test"]["n"] == len(
+        json.loads((run / "split.json").read_text())["splits"]["test"]
+    )
 
 
 def test_refuses_to_overwrite_a_run(tiny_data: Path, tmp_path: Path):

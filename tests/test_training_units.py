@@ -127,6 +127,34 @@ def test_precision_explicit_and_auto():
     assert resolve_precision("auto", "cpu") in ("bf16-mixed", "32-true")
 
 
+def test_auto_precision_on_a_bf16_cpu_follows_the_probe(monkeypatch):
+    from cropdoc.training import precision as precision_mod
+
+    monkeypatch.setattr(precision_mod, "cpu_supports_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu", probe=lambda: "32-true") == "32-true"
+    assert resolve_precision("auto", "cpu", probe=lambda: "bf16-mixed") == "bf16-mixed"
+    monkeypatch.setattr(precision_mod, "cpu_supports_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu", probe=lambda: "bf16-mixed") == "32-true"
+
+
+def test_precision_probe_measures_once_and_caches(tmp_path, monkeypatch):
+    from cropdoc.models import build
+    from cropdoc.training.precision import probe_cpu_precision
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def make():
+        calls.append(1)
+        return build("mobilenet_v3_small", classes=2, weights="none")
+
+    first = probe_cpu_precision(make, "mobilenet_v3_small", image_size=32, batch_size=2, steps=1)
+    again = probe_cpu_precision(make, "mobilenet_v3_small", image_size=32, batch_size=2, steps=1)
+    assert first == again and first in ("bf16-mixed", "32-true")
+    assert len(calls) == 1
+    assert (tmp_path / "cropdoc" / "precision.json").is_file()
+
+
 def _state() -> dict:
     return {
         "format_version": 1,

@@ -38,10 +38,22 @@ def data_inspect(
     for name, count in report.counts().items():
         table.add_row(name, str(count), f"{count / max(summary['n_images'], 1):.1%}")
     out.print(table)
-    out.print(f"imbalance ratio (largest / smallest class): {summary['imbalance_ratio']:.2f}")
-    sizes = summary.get("image_sizes", {})
+    ratio = summary.get("imbalance_ratio")
+    if ratio is not None:
+        out.print(f"imbalance ratio (largest / smallest class): {ratio:.2f}")
+    sizes = summary.get("image_sizes") or {}
     if sizes:
-        out.print(f"image sizes: {sizes}")
+        w, h = sizes["width"], sizes["height"]
+        common = sizes.get("most_common")
+        out.print(
+            f"image sizes: width {w['min']}–{w['max']} (median {w['median']:g}), "
+            f"height {h['min']}–{h['max']} (median {h['median']:g})"
+            + (
+                f"; most common {common[0]}×{common[1]} ({sizes.get('most_common_count')} images)"
+                if common
+                else ""
+            )
+        )
     manifest = make_split(report)
     out.print(
         f"leaf/photo groups: {manifest.stats.get('n_groups')} "

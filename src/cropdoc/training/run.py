@@ -33,7 +33,7 @@ from ..models import build, get_arch
 from .checkpoint import load_checkpoint
 from .curves import plot_curves
 from .early_stopping import EarlyStopping
-from .precision import resolve_precision
+from .precision import probe_cpu_precision, resolve_precision
 from .recipe import resolve_stages
 from .trainer import EpochStats, Trainer, evaluate
 
@@ -103,15 +103,23 @@ def _prepare_data(
 
 def _make_fabric(config: TrainConfig) -> tuple[Fabric, str]:
     rt = config.runtime
-    precision = resolve_precision(rt.precision, rt.accelerator, config.arch)
+
+    def probe() -> str:
+        return probe_cpu_precision(
+            lambda: build(config.arch, classes=2, weights="none"),
+            get_arch(config.arch).name,
+            image_size=config.data.image_size,
+        )
+
+    precision = resolve_precision(rt.precision, rt.accelerator, probe=probe)
     try:
         fabric = Fabric(
             accelerator=rt.accelerator,
             devices=rt.devices,
             num_nodes=rt.num_nodes,
             strategy=rt.strategy,
-            precision=precision,
-        )  # type: ignore[arg-type]
+            precision=precision,  # type: ignore[arg-type]
+        )
     except (ValueError, RuntimeError, TypeError) as e:
         raise ConfigError(
             f"cannot run with accelerator={rt.accelerator!r} devices={rt.devices} "
@@ -185,6 +193,11 @@ def train(
     data = Path(data)
     if not data.exists():
         raise DataError(f"dataset folder not found: {data}")
+    if not data.is_dir():
+        raise DataError(
+            f"{data} is a file, not a folder: give the dataset folder that holds one "
+            f"sub-folder per class"
+        )
     spec = get_arch(config.arch)
     config = config.model_copy(update={"arch": spec.name})
     stages = resolve_stages(config)
