@@ -26,6 +26,9 @@ RUN_FILES = [
     "model/weights.safetensors",
     "last.ckpt",
     "summary.json",
+    "report.md",
+    "eval/metrics.json",
+    "eval/confusion_matrix.png",
 ]
 
 

@@ -23,10 +23,10 @@ from safetensors.torch import load_file
 
 from ..bundle import BundleMeta, update_meta
 from ..config import TrainConfig, load_config
-from ..data.loaders import ImageDataset, class_weights, make_loader
+from ..data.loaders import ImageDataset, build_fast_train_transform, class_weights, make_loader
 from ..data.scan import ScanReport, scan_folder
 from ..data.split import SplitManifest, make_split
-from ..data.transforms import EVAL_RESIZE_RATIO, build_eval_transform, build_train_transform
+from ..data.transforms import EVAL_RESIZE_RATIO, build_eval_transform
 from ..errors import ConfigError, CropdocError, DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..models import build, get_arch
@@ -228,7 +228,7 @@ def train(
     if config.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
     size = config.data.image_size
-    train_tf = build_train_transform(size, mean=spec.mean, std=spec.std)
+    train_tf = build_fast_train_transform(size, mean=spec.mean, std=spec.std)
     eval_tf = build_eval_transform(size, mean=spec.mean, std=spec.std)
     root = data
     datasets = {
@@ -236,6 +236,8 @@ def train(
             manifest.samples(s, root=root),
             train_tf if s == "train" else eval_tf,
             max_pixels=config.data.max_pixels,
+            # Decode once per run (train and val are read every epoch; test only once).
+            cache_short_side=round(size * EVAL_RESIZE_RATIO) if s != "test" else None,
         )
         for s in ("train", "val", "test")
     }
@@ -384,6 +386,13 @@ def train(
             title=f"{spec.name} on {data.name} ({n_classes} classes)",
         )
         atomic_write_json(run_dir / "summary.json", result.to_dict())
+        # Temperature on the val split, full evaluation of the test split, report.md.
+        from ..evaluation.finalize import finalize_run
+
+        try:
+            finalize_run(run_dir, data, workers=config.data.workers, device=str(fabric.device))
+        except CropdocError as e:  # the trained bundle is already safe; don't fail the run
+            _logger.warning("training finished, but calibration/evaluation/report failed: %s", e)
     fabric.barrier()
     return result
 

@@ -1,0 +1,156 @@
+"""Run a bundle's model over a list of images and keep every logit.
+
+Evaluation and calibration both need the raw logits of a whole split (temperature
+scaling fits on them; metrics read them after scaling), so this is the one place that
+feeds images through a model outside training. An image that fails to decode is
+reported back, not raised: evaluating 10,000 photos should not die on photo 9,999.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..bundle import BundleMeta
+from ..data.images import DEFAULT_MAX_PIXELS, load_tensor
+from ..data.transforms import build_eval_transform
+from ..errors import DataError
+
+__all__ = ["Logits", "collect_logits", "eval_transform_for", "resolve_device"]
+
+_logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``None``/``"auto"``: CUDA when available, else Apple MPS, else CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def eval_transform_for(meta: BundleMeta) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The bundle's own preprocessing (size, resize ratio, mean/std from ``model.json``)."""
+    return build_eval_transform(
+        meta.image_size,
+        mean=meta.mean,
+        std=meta.std,
+        resize_ratio=meta.resize_size / meta.image_size,
+    )
+
+
+@dataclass
+class Logits:
+    """Outputs for the images that decoded; ``bad`` lists (path, reason) of those that did not."""
+
+    logits: np.ndarray  # (N, C) float32
+    labels: np.ndarray  # (N,) int64
+    paths: list[Path]
+    bad: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class _TolerantDataset(Dataset):
+    """(image, label, ok): a file that fails to decode yields a blank image and ok=False."""
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[Path, int]],
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        image_size: int,
+        max_pixels: int,
+    ) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.blank = torch.zeros(3, image_size, image_size)
+        self.max_pixels = max_pixels
+        self.errors: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
+        path, label = self.samples[index]
+        try:
+            image = self.transform(load_tensor(path, max_pixels=self.max_pixels))
+        except DataError as e:
+            reason = getattr(e, "reason", str(e))
+            return self.blank, label, index, reason
+        return image, label, index, ""
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: nn.Module,
+    samples: Sequence[tuple[Path, int]],
+    meta: BundleMeta,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: Callable[[int, int], None] | None = None,
+) -> Logits:
+    """Logits of ``model`` for every (path, label) in ``samples``, in order.
+
+    Args:
+        model: the bundle's model (any mode; it is put in eval mode).
+        samples: image paths and their labels in the model's class indices.
+        meta: the bundle's metadata, which fixes the preprocessing.
+        batch_size: images per forward pass.
+        workers: DataLoader worker processes (0 decodes in this process).
+        device: ``"auto"``/None, ``"cpu"``, ``"cuda"``, ...
+        max_pixels: images declaring more pixels are reported as bad.
+        progress: called as ``progress(done, total)`` after each batch.
+
+    Returns:
+        The logits of the images that decoded, and the (path, reason) of those that did not.
+    """
+    dev = resolve_device(device)
+    model = model.eval().to(dev)
+    dataset = _TolerantDataset(samples, eval_transform_for(meta), meta.image_size, max_pixels)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=dev.type == "cuda",
+    )
+    outs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    kept: list[int] = []
+    bad: list[tuple[Path, str]] = []
+    done = 0
+    for x, y, index, reason in loader:
+        ok = torch.tensor([not r for r in reason], dtype=torch.bool)
+        for i, r in zip(index.tolist(), reason, strict=True):
+            if r:
+                bad.append((dataset.samples[i][0], r))
+        if ok.any():
+            logits = model(x[ok].to(dev, non_blocking=True)).float().cpu()
+            outs.append(logits.numpy())
+            labels.append(y[ok].numpy())
+            kept.extend(index[ok].tolist())
+        done += len(y)
+        if progress is not None:
+            progress(done, len(dataset))
+    if len(kept) + len(bad) != len(dataset):  # the torchvision `evaluate` check
+        _logger.warning("evaluated %d of %d images", len(kept) + len(bad), len(dataset))
+    for path, reason in bad:
+        _logger.warning("skipped %s: %s", path, reason)
+    n_classes = meta.num_classes
+    return Logits(
+        logits=np.concatenate(outs) if outs else np.zeros((0, n_classes), np.float32),
+        labels=np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
+        paths=[dataset.samples[i][0] for i in kept],
+        bad=bad,
+    )

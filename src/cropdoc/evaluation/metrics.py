@@ -1,0 +1,181 @@
+"""Final evaluation numbers from predicted probabilities and true labels.
+
+Accuracy and F1 come from scikit-learn (the reference implementation people compare
+against); top-k accuracy, NLL and the expected calibration error are a few lines of
+numpy each. Everything takes class *probabilities*, so the caller decides the
+temperature: use :func:`softmax` on ``logits / T``.
+
+Macro- and weighted-F1 average over the classes that occur in the labels or the
+predictions (scikit-learn's default), not over every class of the model: when a test
+folder lacks a class, that class has no F1 to average, while predicting it is still
+counted as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    classification_report,
+    f1_score,
+    precision_recall_fscore_support,
+)
+
+__all__ = [
+    "ECE_BINS",
+    "classification_report_text",
+    "compute_metrics",
+    "expected_calibration_error",
+    "negative_log_likelihood",
+    "reliability_bins",
+    "softmax",
+    "top_k_accuracy",
+]
+
+_logger = logging.getLogger(__name__)
+
+ECE_BINS = 15
+_EPS = 1e-12
+
+
+def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities of ``logits / temperature`` in float64 (numerically stable)."""
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _check(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if p.ndim != 2 or y.ndim != 1 or len(p) != len(y):
+        raise ValueError(f"need probs (N, C) and labels (N,), got {p.shape} and {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= p.shape[1]):
+        raise ValueError(f"labels must lie in [0, {p.shape[1]}), got {y.min()}..{y.max()}")
+    return p, y
+
+
+def top_k_accuracy(probs: Any, labels: Any, k: int = 3) -> float:
+    """Share of samples whose true class is among the ``k`` most probable (ties: by index)."""
+    p, y = _check(probs, labels)
+    if len(y) == 0:
+        return float("nan")
+    k = min(k, p.shape[1])
+    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return float((top == y[:, None]).any(axis=1).mean())
+
+
+def negative_log_likelihood(probs: Any, labels: Any) -> float:
+    """Mean ``-log p(true class)``; probabilities are clipped at 1e-12 so one sure miss
+    costs ~27.6 nats instead of infinity."""
+    p, y = _check(probs, labels)
+    if len(y) == 0:
+        return float("nan")
+    return float(-np.log(np.clip(p[np.arange(len(y)), y], _EPS, 1.0)).mean())
+
+
+def reliability_bins(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> dict[str, list[float]]:
+    """Confidence vs accuracy per equal-width confidence bin (the reliability diagram).
+
+    Returns:
+        ``edges`` (n_bins + 1), and per bin ``confidence`` (mean top-1 probability),
+        ``accuracy`` and ``count``; empty bins have NaN confidence and accuracy.
+    """
+    p, y = _check(probs, labels)
+    conf = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # Bins are (lo, hi]; a confidence of exactly 0 cannot happen (>= 1/C).
+    index = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(index, weights=conf, minlength=n_bins) / count
+        mean_acc = np.bincount(index, weights=correct, minlength=n_bins) / count
+    return {
+        "edges": edges.tolist(),
+        "confidence": mean_conf.tolist(),
+        "accuracy": mean_acc.tolist(),
+        "count": count.tolist(),
+    }
+
+
+def expected_calibration_error(probs: Any, labels: Any, n_bins: int = ECE_BINS) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over confidence bins.
+
+    0 means the model's top-1 confidence is, on average, exactly how often it is right;
+    0.2 means it is off by 20 points (usually over-confident).
+    """
+    bins = reliability_bins(probs, labels, n_bins)
+    count = np.asarray(bins["count"])
+    if count.sum() == 0:
+        return float("nan")
+    gap = np.abs(np.asarray(bins["accuracy"]) - np.asarray(bins["confidence"]))
+    return float(np.nansum(gap * count) / count.sum())
+
+
+def compute_metrics(
+    probs: Any, labels: Any, classes: Sequence[str], *, n_bins: int = ECE_BINS
+) -> dict[str, Any]:
+    """Every headline number of an evaluation, JSON-ready.
+
+    Args:
+        probs: (N, C) class probabilities (after temperature scaling, if any).
+        labels: (N,) true class indices into ``classes``.
+        classes: the model's class names, in index order.
+        n_bins: confidence bins for the ECE.
+
+    Returns:
+        ``n``, ``accuracy``, ``macro_f1``, ``weighted_f1``, ``top3_accuracy``, ``nll``,
+        ``ece``, ``mean_confidence`` and ``per_class``: ``{class: {precision, recall, f1,
+        support}}`` for every class of the model (support 0 where absent).
+    """
+    p, y = _check(probs, labels)
+    if p.shape[1] != len(classes):
+        raise ValueError(f"probs have {p.shape[1]} columns but there are {len(classes)} classes")
+    if len(y) == 0:
+        raise ValueError("no samples to evaluate")
+    pred = p.argmax(axis=1)
+    all_labels = list(range(len(classes)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y, pred, labels=all_labels, zero_division=0
+    )
+    return {
+        "n": len(y),
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
+        "top3_accuracy": top_k_accuracy(p, y, 3),
+        "nll": negative_log_likelihood(p, y),
+        "ece": expected_calibration_error(p, y, n_bins),
+        "mean_confidence": float(p.max(axis=1).mean()),
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
+    }
+
+
+def classification_report_text(probs: Any, labels: Any, classes: Sequence[str]) -> str:
+    """scikit-learn's text report: a row per class that occurs in the labels or predictions
+    (so its averages equal :func:`compute_metrics`'), plus accuracy and averages."""
+    p, y = _check(probs, labels)
+    pred = p.argmax(axis=1)
+    present = sorted(set(y.tolist()) | set(pred.tolist()))
+    return classification_report(
+        y,
+        pred,
+        labels=present,
+        target_names=[classes[i] for i in present],
+        digits=4,
+        zero_division=0,
+    )

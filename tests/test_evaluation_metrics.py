@@ -1,0 +1,111 @@
+"""Evaluation metrics against scikit-learn, and class-name matching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    top_k_accuracy_score,
+)
+
+from cropdoc.errors import DataError
+from cropdoc.evaluation.classnames import class_key, find_class, match_classes
+from cropdoc.evaluation.metrics import (
+    classification_report_text,
+    compute_metrics,
+    expected_calibration_error,
+    softmax,
+    top_k_accuracy,
+)
+
+CLASSES = ["A___x", "A___y", "B___x", "B___y", "C___z"]
+
+
+@pytest.fixture()
+def fixed() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 5, size=200)
+    logits = rng.normal(size=(200, 5))
+    logits[np.arange(200), labels] += 1.5  # better than chance, far from perfect
+    return softmax(logits), labels
+
+
+def test_metrics_agree_with_scikit_learn(fixed):
+    probs, labels = fixed
+    pred = probs.argmax(1)
+    m = compute_metrics(probs, labels, CLASSES)
+    assert m["n"] == 200
+    assert m["accuracy"] == pytest.approx(accuracy_score(labels, pred))
+    assert m["macro_f1"] == pytest.approx(f1_score(labels, pred, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(labels, pred, average="weighted"))
+    assert m["top3_accuracy"] == pytest.approx(top_k_accuracy_score(labels, probs, k=3))
+    assert m["nll"] == pytest.approx(log_loss(labels, probs, labels=range(5)))
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=range(5))
+    for i, name in enumerate(CLASSES):
+        assert m["per_class"][name] == pytest.approx(
+            {"precision": p[i], "recall": r[i], "f1": f[i], "support": s[i]}
+        )
+    report = classification_report_text(probs, labels, CLASSES)
+    assert "C___z" in report and f"{m['macro_f1']:.4f}" in report
+
+
+def test_absent_class_is_not_averaged_but_listed(fixed):
+    probs, labels = fixed
+    keep = labels != 4
+    probs = probs[keep].copy()
+    probs[:, 4] = 0.0  # never predicted, never true
+    m = compute_metrics(probs, labels[keep], CLASSES)
+    assert m["per_class"]["C___z"]["support"] == 0
+    assert m["macro_f1"] == pytest.approx(f1_score(labels[keep], probs.argmax(1), average="macro"))
+    assert "C___z" not in classification_report_text(probs, labels[keep], CLASSES)
+
+
+def test_top_k_with_fewer_classes_than_k():
+    probs = np.array([[0.6, 0.4], [0.3, 0.7]])
+    assert top_k_accuracy(probs, [1, 1], k=3) == 1.0
+    assert top_k_accuracy(probs, [1, 1], k=1) == 0.5
+
+
+def test_ece_hand_computed():
+    # Two bins used: conf 0.9 (2 of 2 right -> gap 0.1) and conf 0.6 (1 of 2 -> gap 0.1).
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    assert expected_calibration_error(probs, [0, 0, 0, 1]) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        ("Tomato___Bacterial_spot", "Tomato___Bacterial_spot"),
+        ("Tomato_Bacterial_spot", "Tomato___Bacterial_spot"),
+        ("tomato bacterial spot", "Tomato___Bacterial_spot"),
+        ("Pepper__bell___healthy", "Pepper,_bell___healthy"),
+        ("Pepper_bell_healthy", "Pepper,_bell___healthy"),
+        ("Tomato__Target_Spot", "Tomato___Target_Spot"),
+    ],
+)
+def test_class_names_match_ignoring_separators_and_case(folder, expected):
+    bundle = ["Pepper,_bell___healthy", "Tomato___Bacterial_spot", "Tomato___Target_Spot"]
+    assert match_classes([folder], bundle) == {folder: expected}
+    assert find_class(folder, bundle) == expected
+
+
+def test_unknown_class_raises_unless_ignored():
+    bundle = ["Tomato___healthy", "Potato___healthy"]
+    with pytest.raises(DataError, match=r"Corn___healthy.*--ignore-unknown"):
+        match_classes(["Tomato_healthy", "Corn___healthy"], bundle)
+    assert match_classes(["Tomato_healthy", "Corn___healthy"], bundle, ignore_unknown=True) == {
+        "Tomato_healthy": "Tomato___healthy"
+    }
+    assert find_class("Corn___healthy", bundle) is None
+
+
+def test_ambiguous_bundle_names_are_an_error_but_exact_wins():
+    bundle = ["Leaf_spot", "Leaf__spot"]
+    assert match_classes(["Leaf__spot"], bundle) == {"Leaf__spot": "Leaf__spot"}
+    with pytest.raises(DataError, match="several model classes"):
+        match_classes(["leaf spot"], bundle)
+    assert class_key("Leaf  Spot!") == "leafspot"
