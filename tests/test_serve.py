@@ -1,0 +1,227 @@
+"""The JSON API against a real ``cropdoc serve`` (uvicorn) process on 127.0.0.1.
+
+Every bad-upload kind must get its 4xx JSON answer, never a 500, and the server must keep
+serving good requests afterwards. The server log is checked for tracebacks at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from cropdoc.inference import collect_images
+from test_predictor import shared_tiny_run
+
+MAX_UPLOAD_MB = 1
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cropdoc_command() -> list[str]:
+    script = Path(sys.executable).with_name("cropdoc")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "cropdoc"]
+
+
+@contextlib.contextmanager
+def running_server(bundle: Path, log: Path, *extra: str) -> Iterator[str]:
+    """Start ``cropdoc serve`` on a free loopback port; always stop it afterwards."""
+    port = _free_port()
+    cmd = [*_cropdoc_command(), "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([*cmd, *extra], stdout=sink, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"cropdoc serve exited early:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cropdoc serve did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_tiny_run(tiny_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    args = ("--backend", "onnx", "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-files", "4")
+    with running_server(run / "model", log, *args) as url:
+        yield url, log
+
+
+@pytest.fixture(scope="module")
+def leaves(plantvillage_mini: Path) -> list[Path]:
+    """Three real leaf photos from different classes."""
+    folders = sorted(p for p in plantvillage_mini.iterdir() if p.is_dir())
+    return [collect_images([f])[0] for f in folders[:: max(1, len(folders) // 3)][:3]]
+
+
+def _post(url: str, files: list, **kw) -> httpx.Response:
+    return httpx.post(f"{url}/predict", files=files, timeout=60, **kw)
+
+
+def _jpeg(path: Path) -> tuple[str, bytes, str]:
+    return (path.name, path.read_bytes(), "image/jpeg")
+
+
+def test_health_and_model(server, run: Path):
+    url, _ = server
+    health = httpx.get(f"{url}/health").json()
+    assert health["status"] == "ok" and health["backend"] == "onnx"
+    model = httpx.get(f"{url}/model").json()
+    assert model["arch"] == "mobilenet_v3_small"
+    assert model["image_size"] == 32 and model["num_classes"] == len(model["classes"]) == 4
+    assert model["classes"][0] == "Tomato___Early_blight"
+    assert "test" in model["metrics"] and model["versions"]["torch"]
+    assert model["exports"]["onnx"]["passed"] is True
+
+
+def test_docs_and_page_are_served_without_external_assets(server):
+    url, _ = server
+    assert "/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{url}/docs").status_code == 200
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    html = page.text
+    assert 'id="file-input"' in html and 'capture="environment"' in html
+    for external in ('src="http', "src='http", 'href="http', "@import", "cdn"):
+        assert external not in html
+
+
+def test_predict_real_leaf_photos(server, leaves: list[Path]):
+    url, _ = server
+    res = _post(url, [("files", _jpeg(p)) for p in leaves])
+    assert res.status_code == 200, res.text
+    body = res.json()
+    assert [r["filename"] for r in body["results"]] == [p.name for p in leaves]
+    for r in body["results"]:
+        assert r["ok"] and r["error"] is None
+        probs = [t["probability"] for t in r["top_k"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+        assert r["prediction"] == r["top_k"][0]
+        assert r["crop"] == "Tomato" and r["disease"] and r["treatment"]
+        assert r["severity"] in {"none", "moderate", "high"}
+        assert r["low_confidence"] == (probs[0] < 0.7)
+        if r["low_confidence"]:
+            assert "Retake" in r["advice"]
+
+
+def test_one_bad_file_among_good_ones_is_reported_per_image(server, leaves: list[Path]):
+    url, _ = server
+    files = [("files", _jpeg(leaves[0])), ("files", ("notes.txt", b"hello", "text/plain"))]
+    res = _post(url, files)
+    assert res.status_code == 200
+    good, bad = res.json()["results"]
+    assert good["ok"] and not bad["ok"]
+    assert bad["error"] == "not an image" and bad["status"] == 415
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _bomb_png() -> bytes:
+    """A small PNG whose header declares 10000 x 10000 pixels (over the 40 MP limit)."""
+    return _png(Image.new("1", (10000, 10000)))
+
+
+def _truncated(leaves: list[Path]) -> bytes:
+    data = leaves[0].read_bytes()
+    return data[: len(data) // 2]
+
+
+BAD_UPLOADS = {
+    "not an image": (lambda lv: [("files", ("a.jpg", b"just some text", "image/jpeg"))], 415),
+    "corrupt": (lambda lv: [("files", ("cut.jpg", _truncated(lv), "image/jpeg"))], 422),
+    "zero bytes": (lambda lv: [("files", ("empty.jpg", b"", "image/jpeg"))], 400),
+    "over max-upload-mb": (
+        lambda lv: [("files", ("big.jpg", os.urandom(MAX_UPLOAD_MB * 2**20 + 10), "image/jpeg"))],
+        413,
+    ),
+    "too many pixels": (lambda lv: [("files", ("bomb.png", _bomb_png(), "image/png"))], 413),
+    "wrong field": (lambda lv: [("image", _jpeg(lv[0]))], 422),
+    "too many files": (lambda lv: [("files", _jpeg(lv[0]))] * 5, 413),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_UPLOADS))
+def test_bad_upload_gets_its_4xx(server, leaves: list[Path], kind: str):
+    url, _ = server
+    make, status = BAD_UPLOADS[kind]
+    res = _post(url, make(leaves))
+    assert res.status_code == status, res.text
+    body = res.json()
+    assert body["detail"] and body["code"]
+
+
+def test_bodies_that_are_not_multipart_or_too_large(server):
+    url, _ = server
+    assert httpx.post(f"{url}/predict", json={"files": []}).status_code == 422
+    assert httpx.post(f"{url}/predict").status_code == 422
+    broken = httpx.post(
+        f"{url}/predict",
+        content=b"--x\r\nnot really multipart",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert 400 <= broken.status_code < 500
+    # Over the whole-request limit (4 files x 1 MiB + 1 MiB): refused before parsing.
+    huge = _post(url, [("files", ("huge.jpg", b"\0" * (6 * 2**20), "image/jpeg"))])
+    assert huge.status_code == 413 and huge.json()["code"] == "request_too_large"
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        yield b"--b\r\nContent-Disposition: form-data; name=files; filename=x.jpg\r\n\r\n"
+        for _ in range(6):
+            yield b"\0" * 2**20
+        yield b"\r\n--b--\r\n"
+
+    streamed = httpx.post(
+        f"{url}/predict",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+        timeout=60,
+    )
+    assert streamed.status_code == 413
+
+
+def test_server_keeps_serving_after_bad_uploads(server, leaves: list[Path]):
+    url, log = server
+    res = _post(url, [("files", _jpeg(leaves[1]))])
+    assert res.status_code == 200 and res.json()["results"][0]["ok"]
+    assert httpx.get(f"{url}/health").status_code == 200
+    text = log.read_text(errors="replace")
+    assert "Traceback" not in text and " 500 " not in text
