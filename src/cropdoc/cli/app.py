@@ -6,6 +6,7 @@ printed as one line without a traceback and exit with code 2.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Annotated
@@ -17,7 +18,18 @@ from rich.logging import RichHandler
 from .. import __version__
 from ..errors import CropdocError
 
-__all__ = ["app", "console", "data_app", "main", "out", "parse_floats", "scan_progress"]
+__all__ = [
+    "app",
+    "console",
+    "data_app",
+    "main",
+    "out",
+    "parse_floats",
+    "progress_callback",
+    "scan_progress",
+]
+
+_STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 console = Console(stderr=True)
 out = Console()
@@ -62,17 +74,18 @@ def _root(
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
-def scan_progress():
+def progress_callback(label: str):
+    """A ``(done, total)`` callback that shows a transient rich bar while work runs."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     progress = Progress(
-        TextColumn("scanning images"),
+        TextColumn(label),
         BarColumn(),
         MofNCompleteColumn(),
         console=console,
         transient=True,
     )
-    task = progress.add_task("scan", total=None)
+    task = progress.add_task(label, total=None)
 
     def update(done: int, total: int) -> None:
         if not progress.live.is_started:
@@ -82,6 +95,11 @@ def scan_progress():
             progress.stop()
 
     return update
+
+
+def scan_progress():
+    """The bar shown while a dataset folder is checked image by image."""
+    return progress_callback("scanning images")
 
 
 def parse_floats(text: str | None, name: str, n: int | None = None) -> list[float] | None:
@@ -102,6 +120,19 @@ def main() -> None:
         app()
     except CropdocError as e:
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except OSError as e:
+        # A full disk or a read-only folder is the user's to fix, wherever the write was
+        # (history.csv, plots, reports); anything else is a bug and keeps its traceback.
+        if e.errno not in _STORAGE_ERRNOS:
+            raise
+        console.print(
+            f"[bold red]error:[/] cannot write {e.filename or 'a file'}: {e.strerror}; free "
+            f"some space or fix permissions and run again (`cropdoc train --resume --out RUN` "
+            f"continues an interrupted run)",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

@@ -134,12 +134,12 @@ def export(
         list[Path] | None,
         typer.Option(
             help="Images (files/folders) to verify on and calibrate INT8 with "
-            "[default: the run's val split]"
+            " (default: the run's val split)"
         ),
     ] = None,
     out_path: Annotated[
         Path | None,
-        typer.Option("--out", help="Output .onnx path [default: model.onnx in the bundle]."),
+        typer.Option("--out", help="Output .onnx path (default: model.onnx in the bundle)."),
     ] = None,
     min_agreement: Annotated[
         float, typer.Option(help="Minimum INT8 top-1 agreement with torch.")

@@ -8,32 +8,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .app import app, console, out, scan_progress
-from .train import _train_overrides
+from . import options as opts
+from .app import app, out, progress_callback, scan_progress
 
 __all__ = ["compare", "evaluate"]
-
-
-def _predict_progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    progress = Progress(
-        TextColumn("predicting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=console,
-        transient=True,
-    )
-    task = progress.add_task("predict", total=None)
-
-    def update(done: int, total: int) -> None:
-        if not progress.live.is_started:
-            progress.start()
-        progress.update(task, completed=done, total=total)
-        if done >= total:
-            progress.stop()
-
-    return update
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -61,7 +39,7 @@ def evaluate(
     ] = False,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
     workers: Annotated[
-        int | None, typer.Option(help="Loader workers [default: sized for this machine]")
+        int | None, typer.Option(help="Loader workers (default: sized for this machine)")
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
 ) -> None:
@@ -79,7 +57,7 @@ def evaluate(
         workers=workers,
         device=device,
         scan_progress=scan_progress(),
-        progress=_predict_progress(),
+        progress=progress_callback("predicting"),
     )
     m = result.metrics
     if result.renamed:
@@ -124,7 +102,7 @@ def compare(
         str | None,
         typer.Option(
             help="Comma-separated architectures to train, e.g. "
-            "resnet50,efficientnet_b0,mobilenet_v3_small [default: those three, unless --runs]"
+            "resnet50,efficientnet_b0,mobilenet_v3_small (default: those three, unless --runs)"
         ),
     ] = None,
     runs: Annotated[
@@ -135,42 +113,20 @@ def compare(
         float | None,
         typer.Option(help="Only recommend models at most this slow (batch-1 mean, ms)."),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config; CLI options override it.")
-    ] = None,
-    weights: Annotated[
-        str | None, typer.Option(help="imagenet | none | PATH [default: imagenet]")
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Input size in pixels [default: 224].")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[default: 32]")] = None,
-    stage_epochs: Annotated[
-        str | None, typer.Option(help="Epochs per stage, e.g. 5,10,10 (the seed's).")
-    ] = None,
-    recipe: Annotated[
-        str | None, typer.Option(help="auto | three-stage | scratch [default: auto]")
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | mps [default: auto]")
-    ] = None,
-    devices: Annotated[int | None, typer.Option(help="Processes/GPUs for training.")] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto | 32 | bf16 | 16 [default: auto]")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Loader workers [default: sized for this machine]")
-    ] = None,
-    balance: Annotated[
-        str | None, typer.Option(help="none | loss | sampler [default: none]")
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="train,val,test ratios [default: 0.7,0.15,0.15]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: 42]")] = None,
-    deterministic: Annotated[
-        bool | None, typer.Option("--deterministic/--no-deterministic")
-    ] = None,
+    config: opts.ConfigFile = None,
+    weights: opts.WeightsOpt = None,
+    image_size: opts.ImageSize = None,
+    batch_size: opts.BatchSize = None,
+    stage_epochs: opts.StageEpochs = None,
+    recipe: opts.Recipe = None,
+    device: opts.Device = None,
+    devices: opts.Devices = None,
+    precision: opts.Precision = None,
+    workers: opts.Workers = None,
+    balance: opts.BalanceOpt = None,
+    split: opts.SplitRatios = None,
+    seed: opts.Seed = None,
+    deterministic: opts.Deterministic = None,
 ) -> None:
     """Train several architectures on one split, score them on one test set, recommend one."""
     from ..config import load_config
@@ -180,21 +136,20 @@ def compare(
     run_list = [Path(r.strip()) for r in runs.split(",") if r.strip()] if runs else []
     if not arch_list and not run_list:
         arch_list = ["resnet50", "efficientnet_b0", "mobilenet_v3_small"]
-    overrides = _train_overrides(
-        None,
-        weights,
-        image_size,
-        batch_size,
-        stage_epochs,
-        recipe,
-        device,
-        devices,
-        precision,
-        workers,
-        balance,
-        seed,
-        deterministic,
-        split,
+    overrides = opts.train_overrides(
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        stage_epochs=stage_epochs,
+        recipe=recipe,
+        device=device,
+        devices=devices,
+        precision=precision,
+        workers=workers,
+        balance=balance,
+        split=split,
+        seed=seed,
+        deterministic=deterministic,
     )
     cfg = load_config(config, overrides)
     result = run_compare(

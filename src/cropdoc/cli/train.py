@@ -3,53 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from .app import app, out, parse_floats, scan_progress
-
-
-# --------------------------------------------------------------------------- train
-def _train_overrides(
-    arch,
-    weights,
-    image_size,
-    batch_size,
-    stage_epochs,
-    recipe,
-    device,
-    devices,
-    precision,
-    workers,
-    balance,
-    seed,
-    deterministic,
-    split,
-) -> dict[str, Any]:
-    return {
-        "arch": arch,
-        "weights": weights,
-        "recipe": recipe,
-        "stage_epochs": [int(e) for e in parse_floats(stage_epochs, "--stage-epochs")]
-        if stage_epochs
-        else None,
-        "data": {
-            "image_size": image_size,
-            "batch_size": batch_size,
-            "workers": workers,
-            "balance": balance,
-            "split": parse_floats(split, "--split", 3),
-        },
-        "runtime": {
-            "accelerator": device,
-            "devices": devices,
-            "precision": precision,
-            "seed": seed,
-            "deterministic": deterministic,
-        },
-    }
+from . import options as opts
+from .app import app, out, scan_progress
 
 
 def _print_result(result) -> None:
@@ -76,6 +36,7 @@ def _print_result(result) -> None:
     )
 
 
+# --------------------------------------------------------------------------- train
 @app.command()
 def train(
     data: Annotated[
@@ -83,83 +44,47 @@ def train(
         typer.Argument(help="Dataset folder (one sub-folder per class). Optional with --resume."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/train"),
-    arch: Annotated[
-        str | None,
-        typer.Option(
-            help="resnet50 | efficientnet_b0 | mobilenet_v3_small [default: efficientnet_b0]"
-        ),
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="YAML config; CLI options override it.")
-    ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            help="imagenet | none | PATH to a .pth/.safetensors state dict [default: imagenet]"
-        ),
-    ] = None,
-    image_size: Annotated[
-        int | None, typer.Option(help="Input size in pixels [default: 224].")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="[default: 32]")] = None,
-    stage_epochs: Annotated[
-        str | None, typer.Option(help="Epochs per stage, e.g. 5,10,10 (the seed's).")
-    ] = None,
-    recipe: Annotated[
-        str | None,
-        typer.Option(
-            help="auto | three-stage | scratch. auto: three-stage, or one scratch stage with "
-            "--weights none [default: auto]"
-        ),
-    ] = None,
-    device: Annotated[
-        str | None, typer.Option(help="auto | cpu | cuda | mps [default: auto]")
-    ] = None,
-    devices: Annotated[
-        int | None, typer.Option(help="Processes/GPUs; >1 runs DDP [default: 1]")
-    ] = None,
-    precision: Annotated[
-        str | None, typer.Option(help="auto | 32 | bf16 | 16 [default: auto]")
-    ] = None,
-    workers: Annotated[
-        int | None, typer.Option(help="Loader workers [default: sized for this machine]")
-    ] = None,
-    balance: Annotated[
-        str | None,
-        typer.Option(help="none | loss | sampler: counter class imbalance [default: none]"),
-    ] = None,
-    split: Annotated[
-        str | None, typer.Option(help="train,val,test ratios [default: 0.7,0.15,0.15]")
-    ] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: 42]")] = None,
-    deterministic: Annotated[
-        bool | None,
-        typer.Option(
-            "--deterministic/--no-deterministic", help="Deterministic algorithms (slower)."
-        ),
-    ] = None,
+    arch: opts.Arch = None,
+    config: opts.ConfigFile = None,
+    weights: opts.WeightsOpt = None,
+    image_size: opts.ImageSize = None,
+    batch_size: opts.BatchSize = None,
+    stage_epochs: opts.StageEpochs = None,
+    recipe: opts.Recipe = None,
+    device: opts.Device = None,
+    devices: opts.Devices = None,
+    precision: opts.Precision = None,
+    workers: opts.Workers = None,
+    balance: opts.BalanceOpt = None,
+    split: opts.SplitRatios = None,
+    seed: opts.Seed = None,
+    deterministic: opts.Deterministic = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
 ) -> None:
     """Train a classifier with the three-stage transfer-learning recipe."""
     from ..config import load_config
     from ..training.run import train as run_train
 
-    overrides = _train_overrides(
-        arch,
-        weights,
-        image_size,
-        batch_size,
-        stage_epochs,
-        recipe,
-        device,
-        devices,
-        precision,
-        workers,
-        balance,
-        seed,
-        deterministic,
-        split,
+    overrides = opts.train_overrides(
+        arch=arch,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        stage_epochs=stage_epochs,
+        recipe=recipe,
+        device=device,
+        devices=devices,
+        precision=precision,
+        workers=workers,
+        balance=balance,
+        split=split,
+        seed=seed,
+        deterministic=deterministic,
     )
+    if resume and config is None and (out_dir / "config.yaml").is_file():
+        # Resume with the run's own settings and let only the options given now override
+        # them: built from defaults, the runtime would silently switch e.g. fp32 to bf16.
+        config = out_dir / "config.yaml"
     cfg = load_config(config, overrides)
     result = run_train(data, out_dir, cfg, resume=resume, scan_progress=scan_progress())
     _print_result(result)
