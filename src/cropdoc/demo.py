@@ -27,10 +27,16 @@ __all__ = ["DEMO_STAGES", "demo_config", "run_demo"]
 _logger = logging.getLogger(__name__)
 
 DEMO_STAGES = [
-    StageConfig(name="feature_extraction", epochs=3, trainable="head", lr=3e-3),
-    StageConfig(name="adaptation", epochs=5, trainable="partial", lr=2e-3),
+    StageConfig(name="feature_extraction", epochs=2, trainable="head", lr=3e-3),
+    StageConfig(name="adaptation", epochs=4, trainable="partial", lr=3e-3),
     StageConfig(
-        name="refinement", epochs=8, trainable="all", lr=2e-3, backbone_lr=1e-3, warmup_epochs=0.5
+        name="refinement",
+        epochs=45,
+        trainable="all",
+        lr=3e-3,
+        backbone_lr=2e-3,
+        warmup_epochs=1,
+        patience=10,
     ),
 ]
 DEMO_IMAGE_SIZE = 64
@@ -53,7 +59,7 @@ def demo_config(seed: int = 42) -> TrainConfig:
 def run_demo(
     out: str | Path = "demo-run",
     *,
-    images_per_class: int = 80,
+    images_per_class: int = 150,
     seed: int = 42,
     config: TrainConfig | None = None,
     show_progress: bool = True,
