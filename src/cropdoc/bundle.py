@@ -153,6 +153,10 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, meta: BundleMeta
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    # A kill -9 during an earlier write skips the cleanup below and leaves a torn
+    # ``model.tmp-*``; one writer per bundle (rank zero), so any such folder is dead.
+    for stale in target.parent.glob(f"{target.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
     old = target.with_name(target.name + ".old")
     try:
@@ -203,7 +207,12 @@ def update_meta(path: str | os.PathLike[str], **changes: Any) -> BundleMeta:
             setattr(meta, key, value)
         else:
             meta.extra[key] = value
-    atomic_write_json(folder / META_FILE, meta.to_dict())
+    try:
+        atomic_write_json(folder / META_FILE, meta.to_dict())
+    except OSError as e:
+        raise BundleError(
+            f"could not update {folder / META_FILE}: {e}; the previous one is kept"
+        ) from e
     return meta
 
 

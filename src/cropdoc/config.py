@@ -197,6 +197,8 @@ def load_config(
             loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
         except yaml.YAMLError as e:
             raise ConfigError(f"malformed YAML in {p}: {e}".splitlines()[0]) from e
+        except (UnicodeDecodeError, OSError) as e:  # a binary or unreadable file
+            raise ConfigError(f"cannot read {p} as a UTF-8 YAML config: {e}") from e
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -52,6 +52,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
             f"checkpoint keys mismatch: missing {sorted(CHECKPOINT_KEYS - keys)}, "
             f"unexpected {sorted(keys - CHECKPOINT_KEYS)}"
         )
+    _remove_partial_writes(Path(path))
     try:
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
@@ -68,6 +69,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         BundleError: missing, corrupt, unsafe, or with missing/unknown keys.
     """
     p = Path(path)
+    _remove_partial_writes(p)
     if not p.is_file():
         raise BundleError(f"no checkpoint at {p}; nothing to resume (train without --resume)")
     try:
@@ -89,3 +91,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{sorted(CHECKPOINT_KEYS - keys)}, unused {sorted(keys - CHECKPOINT_KEYS)}"
         )
     return state
+
+
+def _remove_partial_writes(path: Path) -> None:
+    """Delete temporary files a killed writer left next to ``path`` (``.last.ckpt.*.tmp``).
+
+    A kill -9 mid-write skips :func:`~cropdoc.io.atomic_path`'s cleanup, leaving a torn
+    file of checkpoint size; only the trainer writes checkpoints, so any such file is dead.
+    """
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        try:
+            stale.unlink()
+            _logger.info("removed %s, left by an interrupted checkpoint write", stale)
+        except OSError:
+            pass

@@ -1,0 +1,145 @@
+"""Helpers shared by the fault scripts: tiny data and configs, a loopback server, RSS, JSON.
+
+Kept free of pytest so the same code produces the CI figures and the full-size ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: The same tiny recipe as ``tests/conftest.py::tiny_config`` (MobileNetV3-Small from scratch,
+#: 32 px, one epoch per stage, fp32 on CPU), as a YAML-able dict for ``cropdoc train --config``.
+TINY_CONFIG: dict[str, Any] = {
+    "arch": "mobilenet_v3_small",
+    "weights": "none",
+    "recipe": "three-stage",
+    "stage_epochs": [1, 1, 1],
+    "data": {"image_size": 32, "batch_size": 8, "workers": 0},
+    "runtime": {"precision": "32", "accelerator": "cpu"},
+}
+
+
+def emit(figures: dict[str, Any]) -> None:
+    """Print one item's figures as indented JSON (what ``RELIABILITY.md`` quotes)."""
+    print(json.dumps(figures, indent=2, default=str), flush=True)
+
+
+def tiny_dataset(root: Path, images_per_class: int = 12) -> Path:
+    """The generated 4-class leaf set of ``tests/conftest.py::tiny_data`` (48 px)."""
+    from cropdoc.data.synthetic import DEMO_CLASSES, generate_dataset
+
+    if (root / "data").is_dir():
+        return root / "data"
+    return generate_dataset(
+        root / "data",
+        images_per_class=images_per_class,
+        image_size=48,
+        classes=DEMO_CLASSES[:4],
+        seed=3,
+    )
+
+
+def write_config(path: Path, **overrides: Any) -> Path:
+    """Write :data:`TINY_CONFIG` (top-level keys replaced by ``overrides``) as YAML."""
+    path.write_text(yaml.safe_dump({**TINY_CONFIG, **overrides}), encoding="utf-8")
+    return path
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """A command running ``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def cropdoc_cmd(*args: str) -> list[str]:
+    """The ``cropdoc`` console script of this interpreter's environment (or ``-m``)."""
+    script = Path(sys.executable).with_name("cropdoc")
+    base = [str(script)] if script.is_file() else [sys.executable, "-m", "cropdoc"]
+    return [*base, *args]
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (loopback only, never a public interface)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MiB, from ``/proc`` (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class Server:
+    """A running ``cropdoc serve`` process."""
+
+    url: str
+    pid: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def running_server(bundle: Path, log: Path, *extra: str, start_s: float = 180) -> Iterator[Server]:
+    """Start ``cropdoc serve BUNDLE`` on a free loopback port; always stop it afterwards."""
+    import httpx
+
+    port = free_port()
+    cmd = cropdoc_cmd("serve", str(bundle), "--host", "127.0.0.1", "--port", str(port), *extra)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    server = Server(f"http://127.0.0.1:{port}", proc.pid, log, proc)
+    try:
+        deadline = time.monotonic() + start_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"cropdoc serve exited early:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cropdoc serve did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def tiny_bundle(work: Path, data: Path) -> Path:
+    """Train the tiny recipe once into ``work/run`` (reused when present); return the run."""
+    from cropdoc.config import load_config
+    from cropdoc.training.run import train
+
+    run = work / "run"
+    if not (run / "summary.json").is_file():
+        import shutil
+
+        shutil.rmtree(run, ignore_errors=True)
+        train(data, run, load_config(overrides=TINY_CONFIG), show_progress=False)
+    return run
