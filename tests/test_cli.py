@@ -44,7 +44,7 @@ def test_version_and_help():
         (["data", "inspect", "/nonexistent/folder"], "does not exist"),
     ],
 )
-def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, message):
+def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, message):
     afile = tmp_path / "a_file.txt"
     afile.write_text("x")
     bad = tmp_path / "bad.yaml"
@@ -64,19 +64,22 @@ def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, me
         argv.append(a)
     # In-process through the real entry point (main), which turns errors into exit 2.
     import importlib
+    import io
+
+    from rich.console import Console
 
     from cropdoc.cli import main
 
     app_module = importlib.import_module("cropdoc.cli.app")
-
+    buffer = io.StringIO()
+    monkeypatch.setattr(app_module, "console", Console(file=buffer, width=400))
     monkeypatch.setattr(sys, "argv", ["cropdoc", *argv])
-    monkeypatch.setattr(app_module.console, "width", 400)
     with pytest.raises(SystemExit) as exit_info:
         main()
-    err = capsys.readouterr().err
+    err = buffer.getvalue()
     assert exit_info.value.code == 2, err
     assert message in err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and err.count("\n") == 1
 
 
 def test_entry_point_error_in_a_real_process(tmp_path: Path):

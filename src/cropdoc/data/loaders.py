@@ -4,11 +4,19 @@ Images are decoded to uint8 tensors (libjpeg-turbo through torchvision for JPEGs
 the rest, see ``images.load_tensor``) and augmented as tensors, which is cheaper than PIL
 round trips. A file that fails to decode here (changed since the scan) raises a
 ``DataError`` naming it: we never substitute a blank image.
+
+Speed on few cores (measured, see BENCHMARKS.md): on a 2-core CPU the loader shares the
+cores with the model, so every millisecond of augmentation is a millisecond of training
+lost. Two things make it cheap: the optional :class:`~cropdoc.data.cache.DecodedCache`
+(decode once per run, shrunk to the eval resize size) and :class:`FastTrainAugment`, the
+seed's nine steps with ColorJitter, to-float and Normalize fused into one 3x3 colour
+matrix (12.6 -> ~3.5 ms per 224 px image; torchvision's tensor hue shift alone is 6.7 ms).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -16,17 +24,37 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
 
 from ..errors import DataError
+from .cache import DecodedCache
 from .images import DEFAULT_MAX_PIXELS, load_tensor
 
-__all__ = ["ImageDataset", "class_weights", "default_workers", "make_loader"]
+__all__ = [
+    "FastTrainAugment",
+    "ImageDataset",
+    "build_fast_train_transform",
+    "class_weights",
+    "compute_threads",
+    "default_workers",
+    "make_loader",
+]
 
 _logger = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
-    """(path, label) pairs → (transformed image tensor, label)."""
+    """(path, label) pairs → (transformed image tensor, label).
+
+    Args:
+        samples: (path, label) pairs.
+        transform: applied to the uint8 CHW image.
+        max_pixels: refuse larger images before decoding.
+        cache_short_side: when set, decode every image once now into a shared-memory
+            :class:`DecodedCache`, shrunk to this shorter side (pass the eval resize size,
+            ``round(1.14 * S)``: eval pixels stay identical). None: decode on every access.
+        cache_max_bytes: bound of that cache (default: 2 GiB or a quarter of the RAM).
+    """
 
     def __init__(
         self,
@@ -34,10 +62,20 @@ class ImageDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         *,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        cache_short_side: int | None = None,
+        cache_max_bytes: int | None = None,
     ) -> None:
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.transform = transform
         self.max_pixels = max_pixels
+        self.cache: DecodedCache | None = None
+        if cache_short_side is not None and self.samples:
+            self.cache = DecodedCache(
+                [p for p, _ in self.samples],
+                cache_short_side,
+                max_bytes=cache_max_bytes,
+                max_pixels=max_pixels,
+            )
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -49,7 +87,10 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         try:
-            image = load_tensor(path, max_pixels=self.max_pixels)
+            if self.cache is not None:
+                image = self.cache.load(index)
+            else:
+                image = load_tensor(path, max_pixels=self.max_pixels)
         except DataError as e:
             raise DataError(f"{path}: {e} (re-run `cropdoc data inspect` to list bad files)") from e
         if self.transform is not None:
@@ -57,10 +98,143 @@ class ImageDataset(Dataset):
         return image, label
 
 
+class FastTrainAugment:
+    """The seed's nine training steps at a fraction of the CPU cost (picklable for workers).
+
+    Same steps, parameters and order as :func:`~cropdoc.data.transforms.build_train_transform`
+    (geometric steps 1-4, blur 6, erasing 9 are the torchvision transforms themselves). What
+    differs is step 5, ColorJitter, fused with steps 7-8 (to float, Normalize): brightness,
+    contrast, saturation and hue are each an affine map of RGB, so they are drawn with the
+    same ranges and in a random order as ColorJitter does, composed into one 3x3 matrix and
+    offset, and applied in a single pass with one clamp, then normalised. Two deliberate
+    differences, both invisible to training: no uint8 rounding/clamping between the four
+    colour ops, and hue is a rotation about the grey axis of RGB (the CSS/YIQ hue rotation)
+    instead of a shift on the HSV hexagon; for |hue| <= 0.05 of a turn they differ by a few
+    levels. Rotation and blur run on the float image (no uint8 round trips).
+    """
+
+    # ITU-R 601 luma, as torchvision's rgb_to_grayscale.
+    _GRAY = (0.2989, 0.587, 0.114)
+
+    def __init__(
+        self,
+        image_size: int = 224,
+        *,
+        mean: Sequence[float] = (0.485, 0.456, 0.406),
+        std: Sequence[float] = (0.229, 0.224, 0.225),
+        brightness: float = 0.2,
+        contrast: float = 0.2,
+        saturation: float = 0.2,
+        hue: float = 0.05,
+    ) -> None:
+        # Steps 1-3 on uint8 (torchvision's fast uint8 resize); 4 on float (no uint8 round
+        # trip inside grid_sample; nearest sampling gives the same pixels either way).
+        self.crop_flip = v2.Compose(
+            [
+                v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(p=0.5),
+                v2.RandomVerticalFlip(p=0.2),
+            ]
+        )
+        self.rotate = v2.RandomRotation(20)
+        self.blur_p, self.blur_sigma = 0.2, (0.1, 2.0)
+        self.erase = v2.RandomErasing(p=0.1, scale=(0.02, 0.1))
+        self.ranges = (brightness, contrast, saturation, hue)
+        mean_t = torch.tensor(mean, dtype=torch.float32)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        # Normalize((x / 255 - mean) / std) as one multiply-add on 0..255 values.
+        self.scale = (1.0 / (255.0 * std_t)).view(3, 1)
+        self.shift = (mean_t / std_t).view(3, 1)
+        self.gray = torch.tensor(self._GRAY, dtype=torch.float32)
+
+    def color_matrix(self, channel_mean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw a ColorJitter and return it as ``(A, b)``: ``out = A @ rgb + b`` (0..255).
+
+        Args:
+            channel_mean: per-channel mean of the image (0..255), for contrast's grey mean.
+        """
+        b_range, c_range, s_range, h_range = self.ranges
+        eye = torch.eye(3)
+        a, off = eye.clone(), torch.zeros(3)
+        factors = torch.empty(4).uniform_(-1.0, 1.0) * torch.tensor(
+            [b_range, c_range, s_range, h_range]
+        )
+        for op in torch.randperm(4).tolist():
+            f = float(factors[op])
+            if op == 0:  # brightness: scale
+                m, t = (1.0 + f) * eye, torch.zeros(3)
+            elif op == 1:  # contrast: blend with the mean grey of the current image
+                grey_mean = float(self.gray @ (a @ channel_mean + off))
+                m, t = (1.0 + f) * eye, torch.full((3,), -f * grey_mean)
+            elif op == 2:  # saturation: blend with the per-pixel grey
+                m, t = (1.0 + f) * eye - f * torch.ones(3, 1) * self.gray, torch.zeros(3)
+            else:  # hue: rotate about the grey axis by f turns (Rodrigues)
+                theta = 2.0 * math.pi * f
+                k = torch.full((3,), 1.0 / math.sqrt(3.0))
+                cross = torch.tensor([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+                m = (
+                    math.cos(theta) * eye
+                    + math.sin(theta) * cross
+                    + (1.0 - math.cos(theta)) * torch.outer(k, k)
+                )
+                t = torch.zeros(3)
+            a, off = m @ a, m @ off + t
+        return a, off
+
+    def _blur(self, x: torch.Tensor) -> torch.Tensor:
+        """Step 6 on the float image: 3x3 Gaussian, reflect padding, as v2.GaussianBlur.
+
+        Blur is linear and reflect padding commutes with the per-channel colour map and
+        Normalize, so blurring after them equals blurring before (up to uint8 rounding).
+        """
+        if float(torch.rand(1)) >= self.blur_p:
+            return x
+        sigma = float(torch.empty(1).uniform_(*self.blur_sigma))
+        k1 = torch.exp(-0.5 * (torch.arange(-1.0, 2.0) / sigma) ** 2)
+        k1 = k1 / k1.sum()
+        kernel = torch.outer(k1, k1).expand(3, 1, 3, 3)
+        padded = torch.nn.functional.pad(x.unsqueeze(0), (1, 1, 1, 1), mode="reflect")
+        return torch.nn.functional.conv2d(padded, kernel, groups=3).squeeze(0)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = self.rotate(self.crop_flip(image).float())
+        c, h, w = x.shape
+        flat = x.reshape(3, -1)
+        a, off = self.color_matrix(flat.mean(dim=1))
+        out = torch.addmm(off.view(3, 1), a, flat).clamp_(0.0, 255.0)
+        out = out.mul_(self.scale).sub_(self.shift).view(c, h, w)
+        return self.erase(self._blur(out))
+
+
+def build_fast_train_transform(
+    image_size: int = 224,
+    *,
+    mean: Sequence[float] = (0.485, 0.456, 0.406),
+    std: Sequence[float] = (0.229, 0.224, 0.225),
+) -> FastTrainAugment:
+    """The training augmentation the trainer uses by default (see :class:`FastTrainAugment`)."""
+    return FastTrainAugment(image_size, mean=mean, std=std)
+
+
 def default_workers() -> int:
     """Loader worker processes sized for the machine: leave compute to the model on few cores."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, min(8, cpus - 1)) if cpus > 2 else 1
+
+
+def compute_threads(workers: int, processes: int = 1) -> int:
+    """Intra-op threads for a training process when it runs ``workers`` loader processes.
+
+    The process's share of the cores (``processes`` training processes on this machine,
+    e.g. DDP on CPU) minus its workers, at least one. Measured on a 2-core CPU: with one
+    busy process beside it, MobileNetV3-S training with 2 OpenMP threads fell from 100 to
+    ~6 img/s (every parallel region waits for the descheduled thread), with 1 thread it ran
+    at 60 img/s. ``OMP_NUM_THREADS``, when set, is the user's choice and wins.
+    """
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // max(1, processes) - max(0, workers))
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..bundle import BundleMeta, save_bundle
 from ..config import OptimConfig, StageConfig
+from ..data.loaders import compute_threads
 from ..errors import TrainingError
 from ..io import atomic_write_text
 from ..models import ArchSpec, apply_policy, param_groups, set_train_mode
@@ -79,6 +80,22 @@ def seed_epoch(seed: int, global_epoch: int) -> None:
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
+
+
+def _split_cpu(fabric: Fabric, loader: Any) -> None:
+    """On a CPU, leave the loader's worker processes their cores (see ``compute_threads``)."""
+    if fabric.device.type != "cpu":
+        return
+    workers = getattr(loader, "num_workers", None)
+    if workers is None:  # Fabric's wrapper, or a benchmark's: look one level down
+        inner = getattr(loader, "_dataloader", None) or getattr(loader, "loader", None)
+        workers = getattr(inner, "num_workers", 0) if inner is not None else 0
+    # Training processes on this machine: DDP strategies list their local devices.
+    local_processes = len(getattr(fabric.strategy, "parallel_devices", None) or [None])
+    threads = compute_threads(int(workers), local_processes)
+    if torch.get_num_threads() != threads:
+        _logger.info("CPU split: %d loader worker(s), %d compute thread(s)", workers, threads)
+        torch.set_num_threads(threads)
 
 
 def _to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -203,6 +220,7 @@ class Trainer:
     def train_one_epoch(self, loader: torch.utils.data.DataLoader, desc: str) -> dict[str, float]:
         assert self.model is not None and self.optimizer is not None and self.scheduler is not None
         fabric, model, optimizer = self.fabric, self.model, self.optimizer
+        _split_cpu(fabric, loader)
         set_train_mode(model, freeze_bn_stats=self.freeze_bn_stats)
         total = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # loss*n, correct, n
         data_wait = 0.0
