@@ -31,12 +31,12 @@ DEMO_STAGES = [
     StageConfig(name="adaptation", epochs=4, trainable="partial", lr=3e-3),
     StageConfig(
         name="refinement",
-        epochs=45,
+        epochs=55,
         trainable="all",
         lr=3e-3,
         backbone_lr=2e-3,
         warmup_epochs=1,
-        patience=10,
+        patience=15,
     ),
 ]
 DEMO_IMAGE_SIZE = 64
@@ -59,7 +59,7 @@ def demo_config(seed: int = 42) -> TrainConfig:
 def run_demo(
     out: str | Path = "demo-run",
     *,
-    images_per_class: int = 150,
+    images_per_class: int = 200,
     seed: int = 42,
     config: TrainConfig | None = None,
     show_progress: bool = True,

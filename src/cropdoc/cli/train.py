@@ -96,7 +96,7 @@ def demo(
     out_dir: Annotated[Path, typer.Option("--out", help="Where data and the run go.")] = Path(
         "demo-run"
     ),
-    images_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 150,
+    images_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 200,
     seed: Annotated[int, typer.Option(help="Data and training seed.")] = 42,
 ) -> None:
     """Generate leaf images, train through all three stages, evaluate, report (CPU minutes)."""
