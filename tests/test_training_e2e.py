@@ -135,3 +135,15 @@ def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, done
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ConfigError, match="cannot resume"):
         train(None, tmp_path / "nothing", tiny_config(), resume=True, show_progress=False)
+
+
+def test_same_seed_same_history_and_balance_is_recorded(tiny_data, tmp_path):
+    config = tiny_config(stage_epochs=[1, 1, 0], data={"balance": "loss"})
+    train(tiny_data, tmp_path / "a", config, show_progress=False)
+    train(tiny_data, tmp_path / "b", config, show_progress=False)
+    a, b = _history(tmp_path / "a"), _history(tmp_path / "b")
+    for ra, rb in zip(a, b, strict=True):
+        for key in ("train_loss", "val_loss", "val_f1"):
+            assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-6), key
+    assert "balance: loss" in (tmp_path / "a" / "config.yaml").read_text()
+    assert read_meta(tmp_path / "a" / "model").extra["balance"] == "loss"
