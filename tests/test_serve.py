@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -112,7 +113,12 @@ def test_health_and_model(server, run: Path):
 def test_docs_and_page_are_served_without_external_assets(server):
     url, _ = server
     assert "/predict" in httpx.get(f"{url}/openapi.json").json()["paths"]
-    assert httpx.get(f"{url}/docs").status_code == 200
+    docs = httpx.get(f"{url}/docs")
+    assert docs.status_code == 200
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and not [a for a in assets if a.startswith("http")], assets  # no CDN
+    for asset in assets:
+        assert httpx.get(f"{url}{asset}").status_code == 200, asset
     page = httpx.get(f"{url}/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     html = page.text

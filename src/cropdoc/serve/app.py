@@ -22,6 +22,7 @@ from typing import Any
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -278,7 +279,9 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     settings = settings or ServeSettings()
     predictor.max_pixels = settings.max_pixels
     meta = predictor.meta
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI and ReDoc from the package, not a CDN, so /docs
+    # works on an offline field laptop like the rest of the app.
+    app = FastAPIOffline(
         title="cropdoc",
         version=__version__,
         description="Crop-disease diagnosis from a leaf photo. POST images to /predict.",
