@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ..errors import CropdocError
 from .app import app, console, out
 
 __all__ = ["export", "predict", "serve"]
@@ -185,10 +186,16 @@ def serve(
     top_k: Annotated[int, typer.Option("--top-k", help="Classes per image.")] = 3,
 ) -> None:
     """Serve a JSON API (/predict, /model, /health, /docs) and a web page at /."""
-    import uvicorn
+    try:
+        import uvicorn
 
+        from ..serve.app import ServeSettings, create_app
+    except ImportError as e:
+        raise CropdocError(
+            f"serving needs the optional packages ({e.name} is missing): "
+            f"pip install 'cropdoc[serve]'"
+        ) from e
     from ..inference import load_predictor
-    from ..serve.app import ServeSettings, create_app
 
     _quiet_exporters()
     settings = ServeSettings(
