@@ -54,22 +54,31 @@ def _cpu_name() -> str:
 
 
 def _time_steps(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, steps: int
-) -> float:
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int
+) -> tuple[float, float]:
+    """Seconds per training step in fp32 and in bf16 autocast.
+
+    The two are timed alternately and the fastest step of each is kept: on a shared machine
+    a burst of other work slows whichever step it hits, and the minimum is the figure such
+    a burst cannot inflate, so a busy moment does not get cached as the machine's answer.
+    """
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
-    def step() -> None:
+    def step(bf16: bool) -> float:
+        start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return time.perf_counter() - start
 
-    step()  # warm-up: kernel selection, allocator
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - start) / steps
+    step(False), step(True)  # warm-up: kernel selection, allocator
+    fp32, bf16 = [], []
+    for _ in range(rounds):
+        fp32.append(step(False))
+        bf16.append(step(True))
+    return min(fp32), min(bf16)
 
 
 def probe_cpu_precision(
@@ -78,7 +87,7 @@ def probe_cpu_precision(
     *,
     image_size: int,
     batch_size: int = 8,
-    steps: int = 1,
+    steps: int = 3,
 ) -> str:
     """Return ``"bf16-mixed"`` or ``"32-true"``, whichever trains faster here (cached).
 
@@ -87,7 +96,7 @@ def probe_cpu_precision(
         key: identifies the architecture in the cache.
         image_size: the training input size.
         batch_size: the probe's batch (small, to keep the probe to a few seconds).
-        steps: timed steps per precision after one warm-up step.
+        steps: timed steps per precision (alternating, fastest kept) after a warm-up.
     """
     cache = _cache_file()
     cache_key = f"{key}|{image_size}|{_cpu_name()}|torch {torch.__version__}"
@@ -102,8 +111,7 @@ def probe_cpu_precision(
         memory_format=torch.channels_last
     )
     y = torch.randint(0, 2, (batch_size,))
-    fp32 = _time_steps(model, x, y, bf16=False, steps=steps)
-    bf16 = _time_steps(model, x, y, bf16=True, steps=steps)
+    fp32, bf16 = _time_steps(model, x, y, rounds=steps)
     # fp32 is the numerically safer default: bf16 must win clearly, not by noise.
     choice = "bf16-mixed" if bf16 < 0.9 * fp32 else "32-true"
     _logger.info(
