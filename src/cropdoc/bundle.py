@@ -14,7 +14,6 @@ a write never loses the previous bundle.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -32,8 +31,17 @@ from torch import nn
 
 from . import __version__
 from .errors import BundleError, CropdocError
+from .io import file_sha256
 
-__all__ = ["Bundle", "BundleMeta", "load_bundle", "read_meta", "save_bundle", "update_meta"]
+__all__ = [
+    "Bundle",
+    "BundleMeta",
+    "load_bundle",
+    "read_meta",
+    "resolve_bundle_dir",
+    "save_bundle",
+    "update_meta",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -112,20 +120,14 @@ def _versions() -> dict[str, str]:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
 
 
-def _resolve_dir(path: str | os.PathLike[str]) -> Path:
+def resolve_bundle_dir(path: str | os.PathLike[str]) -> Path:
+    """The bundle folder for ``path``: the folder itself, its ``model.json``, a run
+    directory's ``model/``, or the ``.old`` copy an interrupted write left behind."""
     p = Path(path)
     if p.is_file() and p.name in (META_FILE, WEIGHTS_FILE):
         p = p.parent
@@ -164,7 +166,7 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, meta: BundleMeta
         weights = tmp / WEIGHTS_FILE
         save_file(state, str(weights), metadata={"format": "pt", "arch": meta.arch})
         _fsync_file(weights)
-        meta.weights_sha256 = _sha256(weights)
+        meta.weights_sha256 = file_sha256(weights)
         meta.versions = meta.versions or _versions()
         meta.created = datetime.now(UTC).isoformat(timespec="seconds")
         (tmp / META_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -186,7 +188,7 @@ def save_bundle(path: str | os.PathLike[str], model: nn.Module, meta: BundleMeta
 
 def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
     """Read and validate a bundle's ``model.json`` (no weights loaded)."""
-    folder = _resolve_dir(path)
+    folder = resolve_bundle_dir(path)
     try:
         data = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -200,7 +202,7 @@ def update_meta(path: str | os.PathLike[str], **changes: Any) -> BundleMeta:
     """Update fields of ``model.json`` atomically (metrics, temperature, exports)."""
     from .io import atomic_write_json
 
-    folder = _resolve_dir(path)
+    folder = resolve_bundle_dir(path)
     meta = read_meta(folder)
     for key, value in changes.items():
         if key in BundleMeta.__dataclass_fields__:
@@ -229,12 +231,12 @@ def load_bundle(path: str | os.PathLike[str], *, map_location: str = "cpu") -> B
     """
     from .models import build
 
-    folder = _resolve_dir(path)
+    folder = resolve_bundle_dir(path)
     meta = read_meta(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise BundleError(f"{weights} is missing")
-    if meta.weights_sha256 and _sha256(weights) != meta.weights_sha256:
+    if meta.weights_sha256 and file_sha256(weights) != meta.weights_sha256:
         raise BundleError(
             f"{weights} does not match the checksum in {META_FILE}: the file is corrupt or "
             f"was replaced; re-export or retrain the bundle"

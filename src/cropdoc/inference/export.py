@@ -18,7 +18,6 @@ bundle) when its images are still where they were; otherwise pass a folder.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import random
@@ -33,11 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..bundle import _resolve_dir, load_bundle, read_meta, update_meta
+from ..bundle import load_bundle, read_meta, resolve_bundle_dir, update_meta
 from ..data.images import BadImageError, is_supported
 from ..data.split import SplitManifest
 from ..errors import CropdocError, DataError
-from ..io import atomic_path
+from ..io import atomic_path, file_sha256
 from .predictor import Predictor, _onnx_session, _OnnxRunner, _TorchRunner
 
 __all__ = [
@@ -124,7 +123,7 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 def bundle_dir_of(bundle: str | os.PathLike[str]) -> Path:
     """The bundle folder for a bundle path or its run directory."""
-    return _resolve_dir(bundle)
+    return resolve_bundle_dir(bundle)
 
 
 def default_images(bundle: str | os.PathLike[str]) -> tuple[list[Path], str]:
@@ -203,14 +202,6 @@ def _compare(
 # --------------------------------------------------------------------------- records
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _relative(path: Path, folder: Path) -> str:
     try:
         return str(path.resolve().relative_to(folder.resolve()))
@@ -258,7 +249,7 @@ def _record(report: ExportReport, folder: Path, extra: dict[str, Any]) -> dict[s
         "dynamic_batch": True,
         "exporter": report.exporter,
         "size_bytes": report.size_bytes,
-        "sha256": _sha256(report.path),
+        "sha256": file_sha256(report.path),
         "weights_sha256": meta.weights_sha256,
         "forced": report.forced,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
