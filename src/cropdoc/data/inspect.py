@@ -21,10 +21,9 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
-from ..io import atomic_path
+from ..plotting import save_figure, thumbnail
 
 if TYPE_CHECKING:
     from .scan import ScanReport
@@ -161,14 +160,6 @@ def _crop_colours(crops: list[str]) -> dict[str, Any]:
     return {crop: cmap(order[i % len(order)]) for i, crop in enumerate(unique)}
 
 
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
-    _log.info("wrote %s", target)
-    return target
-
-
 def _require_classes(report: ScanReport) -> None:
     if not report.classes:
         raise DataError(f"nothing to plot: no classes in the scan of {report.root}")
@@ -230,19 +221,7 @@ def plot_class_distribution(report: ScanReport, path: str | os.PathLike[str]) ->
             title_fontsize=9,
             frameon=False,
         )
-    return _save(fig, path)
-
-
-def _thumbnail(path: Path) -> np.ndarray | None:
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (_THUMB_PX, _THUMB_PX))  # JPEG: decode at reduced size, much faster
-            img = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        _log.warning("cannot open %s for the sample grid: %s", path, e)
-        return None
-    img.thumbnail((_THUMB_PX, _THUMB_PX))
-    return np.asarray(img)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_samples(
@@ -303,7 +282,11 @@ def plot_samples(
             ax.set_yticks([])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            thumb = _thumbnail(paths[col]) if col < len(paths) else None
+            thumb = (
+                thumbnail(paths[col], _THUMB_PX, purpose="the sample grid")
+                if col < len(paths)
+                else None
+            )
             if thumb is not None:
                 ax.imshow(thumb)
                 ax.set_aspect("equal")
@@ -323,4 +306,4 @@ def plot_samples(
         ha="left",
         va="top",
     )
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)

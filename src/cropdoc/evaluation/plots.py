@@ -19,10 +19,9 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..data.inspect import class_label
-from ..io import atomic_path
+from ..plotting import save_figure, thumbnail
 from .metrics import ECE_BINS, expected_calibration_error, reliability_bins
 
 __all__ = [
@@ -37,14 +36,6 @@ _logger = logging.getLogger(__name__)
 
 _DPI = 110
 _GREEN, _RED = "#1a7f37", "#c62828"
-
-
-def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=_DPI, bbox_inches="tight", facecolor="white")
-    _logger.debug("wrote %s", target)
-    return target
 
 
 def plot_confusion_matrix(
@@ -97,7 +88,7 @@ def plot_confusion_matrix(
     bar = fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02)
     bar.set_label("share of the true class")
     ax.set_title(title or "Confusion matrix (colour: row share, text: count)", fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_per_class_f1(
@@ -135,7 +126,7 @@ def plot_per_class_f1(
         ax.text(macro_f1, -0.7, f" macro-F1 {macro_f1:.3f}", fontsize=8, va="bottom")
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(title or "F1 per class (worst first)", fontsize=11, pad=14)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_reliability(
@@ -195,19 +186,7 @@ def plot_reliability(
         ax_n.spines[["top", "right"]].set_visible(False)
     if title:
         fig.suptitle(title, fontsize=11, y=0.99)
-    return _save(fig, path)
-
-
-def _thumbnail(path: Path, px: int = 192) -> np.ndarray | None:
-    try:
-        with Image.open(path) as im:
-            im.draft("RGB", (px, px))
-            img = ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-        _logger.warning("cannot open %s for the predictions grid: %s", path, e)
-        return None
-    img.thumbnail((px, px))
-    return np.asarray(img)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_predictions(
@@ -248,7 +227,7 @@ def plot_predictions(
             continue
         i = picked[k]
         ok = pred[i] == y[i]
-        thumb = _thumbnail(Path(paths[i]))
+        thumb = thumbnail(Path(paths[i]), 192, purpose="the predictions grid")
         if thumb is not None:
             ax.imshow(thumb)
         colour = _GREEN if ok else _RED
@@ -267,7 +246,7 @@ def plot_predictions(
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)
 
 
 def plot_tradeoff(
@@ -304,4 +283,4 @@ def plot_tradeoff(
     ax.margins(x=0.25, y=0.2)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(title, fontsize=11)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=_DPI)

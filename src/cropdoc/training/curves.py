@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_path
+from ..plotting import save_figure
 
 __all__ = ["plot_curves"]
 
@@ -62,8 +62,6 @@ def plot_curves(history: Sequence[Any], path: str | Path, *, title: str = "") ->
     subtitle = "  |  ".join(f"stage {s}: {n}" for s, n in stages)
     fig.suptitle(f"{title}\n{subtitle}" if title else subtitle)
     fig.tight_layout()
-    target = Path(path)
-    with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+    target = save_figure(fig, path)
     plt.close(fig)
     return target
