@@ -17,7 +17,6 @@ import http.client
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -29,14 +28,9 @@ from typing import Any
 from PIL import Image
 
 from .common import emit, machine, median, ratio, samples
+from .reliability.common import free_port
 
 REAL_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "mini" / "model"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jpegs(n: int) -> list[bytes]:
@@ -172,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     offline = offline_throughput(args.bundle, args.backend, jpegs)
     runs: dict[str, Any] = {}
     for label, batch_max in (("micro-batching", 32), ("no batching", 1)):
-        port = _free_port()
+        port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         cmd = [
             sys.executable,

@@ -10,15 +10,12 @@ import contextlib
 import io
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from benchmarks.reliability import common
 from PIL import Image
 
 from cropdoc.inference import collect_images
@@ -27,47 +24,11 @@ from test_predictor import shared_tiny_run
 MAX_UPLOAD_MB = 1
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _cropdoc_command() -> list[str]:
-    script = Path(sys.executable).with_name("cropdoc")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "cropdoc"]
-
-
 @contextlib.contextmanager
 def running_server(bundle: Path, log: Path, *extra: str) -> Iterator[str]:
-    """Start ``cropdoc serve`` on a free loopback port; always stop it afterwards."""
-    port = _free_port()
-    cmd = [*_cropdoc_command(), "serve", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen([*cmd, *extra], stdout=sink, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"cropdoc serve exited early:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"cropdoc serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+    """``cropdoc serve`` on a free loopback port, stopped afterwards; yields its URL."""
+    with common.running_server(bundle, log, *extra, start_s=120) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,13 @@ are not repeated as tests: here they are counted together, as the issue's figure
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.reliability import bad_images, disk_full, hostile_files
+from benchmarks.reliability.common import emit
 
-# The fault scripts live in benchmarks/reliability (run as ``python -m`` from the root).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.reliability import bad_images, disk_full, hostile_files  # noqa: E402
-from benchmarks.reliability.common import emit  # noqa: E402
-
-from test_predictor import shared_tiny_run  # noqa: E402
+from test_predictor import shared_tiny_run
 
 
 @pytest.fixture(scope="module")

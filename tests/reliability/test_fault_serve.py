@@ -9,17 +9,13 @@ Full size (600 fuzzed; 1,000 requests from 32 clients):
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.reliability import uploads
+from benchmarks.reliability.common import emit
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.reliability import uploads  # noqa: E402
-from benchmarks.reliability.common import emit  # noqa: E402
-
-from test_predictor import shared_tiny_run  # noqa: E402
+from test_predictor import shared_tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -8,17 +8,13 @@ run here is the session's shared tiny run (same data, same config), so it costs 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.reliability import kill_resume, numerics
+from benchmarks.reliability.common import emit, write_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from benchmarks.reliability import kill_resume, numerics  # noqa: E402
-from benchmarks.reliability.common import emit, write_config  # noqa: E402
-
-from test_predictor import shared_tiny_run  # noqa: E402
+from test_predictor import shared_tiny_run
 
 
 @pytest.fixture(scope="module")
