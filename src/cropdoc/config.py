@@ -29,9 +29,6 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-# PlantVillage file names carry the photo / leaf id after "___"; see data/split.py.
-DEFAULT_GROUP_PATTERN_NAME = "plantvillage"
-
 Trainable = Literal["head", "partial", "all"]
 
 

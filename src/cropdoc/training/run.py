@@ -8,7 +8,6 @@ This is the recipe runner: it executes the stages of :func:`resolve_stages` with
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -395,12 +394,3 @@ def train(
             _logger.warning("training finished, but calibration/evaluation/report failed: %s", e)
     fabric.barrier()
     return result
-
-
-def read_summary(run_dir: str | Path) -> dict[str, Any]:
-    """The ``summary.json`` of a finished run."""
-    p = Path(run_dir) / "summary.json"
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CropdocError(f"no readable summary at {p}: {e}") from e
