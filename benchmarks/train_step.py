@@ -8,7 +8,7 @@ start-up and first-call kernel selection are excluded from both alike.
 * reference: what a textbook / the seed does: PIL decode + torchvision.transforms (v1)
   nine steps in DataLoader workers, fp32, NCHW, no autocast, ``model.train()``.
 * ours: the product path: ``ImageDataset`` with the decoded cache + ``FastTrainAugment``,
-  ``make_loader`` defaults, Fabric with ``--precision auto`` (measured probe, cached),
+  ``make_loader`` defaults, ``--precision auto`` (measured probe per stage, cached),
   channels_last, ``Trainer.setup_stage`` + ``Trainer.train_one_epoch``.
 
 Also: a bf16 GEMM peak measured in the same run (target 2) and, for ours, the fraction of
@@ -40,7 +40,7 @@ from cropdoc.data.loaders import (
     default_workers,
     make_loader,
 )
-from cropdoc.models import apply_policy, build, get_arch
+from cropdoc.models import apply_policy, build, get_arch, set_train_mode
 from cropdoc.training.precision import probe_cpu_precision, resolve_precision
 from cropdoc.training.trainer import Trainer
 
@@ -151,13 +151,18 @@ class Reference:
 # ----------------------------------------------------------------------------- ours
 
 
-def product_precision(arch: str, size: int) -> str:
-    """What ``--precision auto`` resolves to for this arch here (the cached probe)."""
+def product_precision(arch: str, size: int, stage: int) -> str:
+    """What ``--precision auto`` picks here for this arch and stage (the cached probe)."""
+    spec = get_arch(arch)
+    trainable = STAGES[stage][0]
+
+    def make_model() -> nn.Module:
+        model = build(arch, classes=2, weights="none")
+        apply_policy(model, spec, trainable)
+        return set_train_mode(model, freeze_bn_stats=True)
 
     def probe() -> str:
-        return probe_cpu_precision(
-            lambda: build(arch, classes=2, weights="none"), get_arch(arch).name, image_size=size
-        )
+        return probe_cpu_precision(make_model, f"{spec.name}/{trainable}", image_size=size)
 
     return resolve_precision("auto", "cpu", probe=probe)
 
@@ -165,7 +170,8 @@ def product_precision(arch: str, size: int) -> str:
 class Ours:
     def __init__(self, arch, stage, dataset, size, batch, precision, workdir: Path):
         spec = get_arch(arch)
-        self.fabric = Fabric(accelerator="cpu", devices=1, precision=precision)
+        # As the product does with --precision auto: Fabric in fp32, bf16 autocast per stage.
+        self.fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
         model = build(arch, classes=12, weights="none").to(memory_format=torch.channels_last)
         meta = BundleMeta(
             arch, [str(i) for i in range(12)], size, round(size * 1.14), spec.mean, spec.std
@@ -179,6 +185,7 @@ class Ours:
             meta=meta,
             freeze_bn_stats=True,  # the pretrained case: frozen BN layers in eval mode
             show_progress=False,
+            stage_precision={f"s{stage}": precision},
         )
         trainable, lr, backbone_lr = STAGES[stage]
         stage_cfg = StageConfig(
@@ -198,7 +205,11 @@ class Ours:
 
 
 def gemm_peak_gflops(n: int = 2048, reps: int = 5) -> float:
-    """bf16 matrix-multiply rate (GFLOP/s) with the threads torch uses for training."""
+    """bf16 matrix-multiply rate (GFLOP/s) on every core (torch's default threads).
+
+    2048 is the fastest of 1024/2048/4096 measured here (2 cores: 1246/2021/1632 GFLOP/s).
+    """
+    torch.set_num_threads(TEXTBOOK_THREADS)
     a = torch.randn(n, n, dtype=torch.bfloat16)
     b = torch.randn(n, n, dtype=torch.bfloat16)
     torch.mm(a, b)
@@ -235,8 +246,8 @@ def run(
                 cache_short_side=round(size * 1.14),
             )
             cache_s = time.perf_counter() - t
-            precision = product_precision(arch, size)
             for stage in stages:
+                precision = product_precision(arch, size, stage)
                 ref = Reference(arch, stage, items, size, batch, workers)
                 ours = Ours(arch, stage, dataset, size, batch, precision, Path(tmp))
                 r_runs, o_runs = [], []

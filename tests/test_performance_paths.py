@@ -122,6 +122,9 @@ def test_compute_threads_leaves_cores_to_workers(monkeypatch: pytest.MonkeyPatch
     assert compute_threads(0) == cpus
     assert compute_threads(cpus + 3) == 1
     assert compute_threads(0, processes=cpus) == 1  # DDP on CPU: one core per process
+    # Cached (cheap) loading: the workers sleep most of the time, compute gets every core.
+    assert compute_threads(cpus + 3, light_workers=True) == cpus
+    assert compute_threads(1, processes=cpus, light_workers=True) == 1
 
 
 def test_frozen_backbone_records_no_backbone_graph_and_same_head_grads() -> None:

@@ -147,3 +147,52 @@ def test_same_seed_same_history_and_balance_is_recorded(tiny_data, tmp_path):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-6), key
     assert "balance: loss" in (tmp_path / "a" / "config.yaml").read_text()
     assert read_meta(tmp_path / "a" / "model").extra["balance"] == "loss"
+
+
+def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, monkeypatch):
+    """A frozen backbone and full training can differ in their faster precision."""
+    from cropdoc.training import precision as precision_mod
+    from cropdoc.training import run as run_mod
+
+    monkeypatch.setattr(precision_mod, "cpu_supports_bf16", lambda: True)
+    probed: list[str] = []
+
+    def fake_probe(make_model, key, *, image_size):
+        model = make_model()  # built as the stage trains it: frozen parts, BN modes
+        trainable = [p.requires_grad for p in model.parameters()]
+        probed.append(key)
+        return "bf16-mixed" if not all(trainable) else "32-true"
+
+    monkeypatch.setattr(run_mod, "probe_cpu_precision", fake_probe)
+    seen: list[tuple[str, bool]] = []  # (stage name, autocast on?) per training forward
+    real_epoch = trainer_mod.Trainer.train_one_epoch
+
+    def spy(self, loader, desc):
+        handle = self.raw_model.register_forward_hook(
+            lambda m, i, o: seen.append((desc.split()[2], torch.is_autocast_enabled("cpu")))
+        )
+        try:
+            return real_epoch(self, loader, desc)
+        finally:
+            handle.remove()
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_one_epoch", spy)
+    config = tiny_config(stage_epochs=[1, 1, 1], runtime={"precision": "auto"})
+    result = train(tiny_data, tmp_path / "run", config, show_progress=False)
+
+    assert probed == [
+        "mobilenet_v3_small/head",
+        "mobilenet_v3_small/partial",
+        "mobilenet_v3_small/all",
+    ]
+    assert result.precision == (
+        "feature_extraction bf16-mixed, adaptation bf16-mixed, refinement 32-true"
+    )
+    by_stage = {stage: {on for s, on in seen if s == stage} for stage, _ in seen}
+    assert by_stage == {
+        "feature_extraction": {True},
+        "adaptation": {True},
+        "refinement": {False},
+    }
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["precision"] == result.precision

@@ -186,15 +186,19 @@ class FastTrainAugment:
 
         Blur is linear and reflect padding commutes with the per-channel colour map and
         Normalize, so blurring after them equals blurring before (up to uint8 rounding).
+        The 3x3 kernel is separable, so it runs as two 3-tap passes of slices and adds:
+        0.2 ms per 224 px image here, against 2.9 ms for a grouped ``conv2d``.
         """
         if float(torch.rand(1)) >= self.blur_p:
             return x
         sigma = float(torch.empty(1).uniform_(*self.blur_sigma))
-        k1 = torch.exp(-0.5 * (torch.arange(-1.0, 2.0) / sigma) ** 2)
-        k1 = k1 / k1.sum()
-        kernel = torch.outer(k1, k1).expand(3, 1, 3, 3)
-        padded = torch.nn.functional.pad(x.unsqueeze(0), (1, 1, 1, 1), mode="reflect")
-        return torch.nn.functional.conv2d(padded, kernel, groups=3).squeeze(0)
+        edge = math.exp(-0.5 / sigma**2)
+        side, centre = edge / (1.0 + 2.0 * edge), 1.0 / (1.0 + 2.0 * edge)
+        pad = torch.nn.functional.pad
+        p = pad(x.unsqueeze(0), (1, 1, 0, 0), mode="reflect").squeeze(0)
+        x = (p[..., :-2] + p[..., 2:]).mul_(side).add_(p[..., 1:-1], alpha=centre)
+        p = pad(x.unsqueeze(0), (0, 0, 1, 1), mode="reflect").squeeze(0)
+        return (p[..., :-2, :] + p[..., 2:, :]).mul_(side).add_(p[..., 1:-1, :], alpha=centre)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         x = self.rotate(self.crop_flip(image).float())
@@ -222,19 +226,24 @@ def default_workers() -> int:
     return max(1, min(8, cpus - 1)) if cpus > 2 else 1
 
 
-def compute_threads(workers: int, processes: int = 1) -> int:
+def compute_threads(workers: int, processes: int = 1, *, light_workers: bool = False) -> int:
     """Intra-op threads for a training process when it runs ``workers`` loader processes.
 
     The process's share of the cores (``processes`` training processes on this machine,
-    e.g. DDP on CPU) minus its workers, at least one. Measured on a 2-core CPU: with one
-    busy process beside it, MobileNetV3-S training with 2 OpenMP threads fell from 100 to
-    ~6 img/s (every parallel region waits for the descheduled thread), with 1 thread it ran
-    at 60 img/s. ``OMP_NUM_THREADS``, when set, is the user's choice and wins.
+    e.g. DDP on CPU), at least one. Busy workers (decoding JPEGs on every access) get their
+    cores subtracted: measured on a 2-core CPU, MobileNetV3-S training with 2 OpenMP
+    threads beside one busy process fell from 100 to ~6 img/s (every parallel region waits
+    for the descheduled thread). ``light_workers`` workers (the decoded cache, where a batch
+    costs ~2 ms per image against 10-400 ms of compute) leave every core to compute:
+    measured at 224 px on 2 idle cores, 1 worker + 2 threads against 1 + 1 ran
+    EfficientNet-B0 stage 1 at 67 vs 36 img/s and ResNet-50 stage 3 at 12.3 vs 7.2 img/s.
+    ``OMP_NUM_THREADS``, when set, is the user's choice and wins.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cpus // max(1, processes) - max(0, workers))
+    share = cpus // max(1, processes)
+    return max(1, share if light_workers else share - max(0, workers))
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -21,18 +21,18 @@ from lightning_fabric.utilities.seed import seed_everything
 from safetensors.torch import load_file
 
 from ..bundle import BundleMeta, update_meta
-from ..config import TrainConfig, load_config
+from ..config import StageConfig, TrainConfig, load_config
 from ..data.loaders import ImageDataset, build_fast_train_transform, class_weights, make_loader
 from ..data.scan import ScanReport, scan_folder
 from ..data.split import SplitManifest, make_split
 from ..data.transforms import EVAL_RESIZE_RATIO, build_eval_transform
 from ..errors import ConfigError, CropdocError, DataError
 from ..io import atomic_write_json, atomic_write_text
-from ..models import build, get_arch
+from ..models import apply_policy, build, get_arch, set_train_mode
 from .checkpoint import load_checkpoint
 from .curves import plot_curves
 from .early_stopping import EarlyStopping
-from .precision import probe_cpu_precision, resolve_precision
+from .precision import cpu_probe_applies, probe_cpu_precision, resolve_precision
 from .recipe import resolve_stages
 from .trainer import EpochStats, Trainer, evaluate
 
@@ -100,17 +100,40 @@ def _prepare_data(
         return manifest
 
 
-def _make_fabric(config: TrainConfig) -> tuple[Fabric, str]:
+def _probe_stage(config: TrainConfig, trainable: str) -> str:
+    """Measure bf16 against fp32 for the architecture trained with ``trainable`` (cached)."""
+    spec = get_arch(config.arch)
+
+    def make_model() -> torch.nn.Module:
+        model = build(spec.name, classes=2, weights="none")
+        apply_policy(model, spec, trainable)
+        return set_train_mode(model, freeze_bn_stats=_freeze_bn_stats(config))
+
+    return probe_cpu_precision(
+        make_model, f"{spec.name}/{trainable}", image_size=config.data.image_size
+    )
+
+
+def _make_fabric(
+    config: TrainConfig, stages: list[StageConfig]
+) -> tuple[Fabric, str, dict[str, str]]:
+    """Fabric for the run, its precision, and a per-stage precision when one is measured.
+
+    ``--precision auto`` on a bf16-capable CPU: the faster precision depends on what is
+    trainable (see ``training.precision``), so it is probed per stage; Fabric then runs
+    fp32 and the trainer turns bf16 autocast on for the stages that won with it.
+    """
     rt = config.runtime
-
-    def probe() -> str:
-        return probe_cpu_precision(
-            lambda: build(config.arch, classes=2, weights="none"),
-            get_arch(config.arch).name,
-            image_size=config.data.image_size,
-        )
-
-    precision = resolve_precision(rt.precision, rt.accelerator, probe=probe)
+    stage_precision: dict[str, str] = {}
+    if cpu_probe_applies(rt.precision, rt.accelerator):
+        by_trainable: dict[str, str] = {}
+        for stage in stages:
+            if stage.trainable not in by_trainable:
+                by_trainable[stage.trainable] = _probe_stage(config, stage.trainable)
+            stage_precision[stage.name] = by_trainable[stage.trainable]
+        precision = "32-true"
+    else:
+        precision = resolve_precision(rt.precision, rt.accelerator)
     try:
         fabric = Fabric(
             accelerator=rt.accelerator,
@@ -124,7 +147,16 @@ def _make_fabric(config: TrainConfig) -> tuple[Fabric, str]:
             f"cannot run with accelerator={rt.accelerator!r} devices={rt.devices} "
             f"strategy={rt.strategy!r} precision={precision!r}: {e}"
         ) from e
-    return fabric, precision
+    return fabric, precision, stage_precision
+
+
+def _describe_precision(precision: str, stage_precision: dict[str, str]) -> str:
+    """``bf16-mixed``, or per stage: ``feature_extraction bf16-mixed, refinement 32-true``."""
+    if not stage_precision:
+        return precision
+    if len(set(stage_precision.values())) == 1:
+        return next(iter(stage_precision.values()))
+    return ", ".join(f"{name} {p}" for name, p in stage_precision.items())
 
 
 def _freeze_bn_stats(config: TrainConfig) -> bool:
@@ -201,7 +233,8 @@ def train(
     config = config.model_copy(update={"arch": spec.name})
     stages = resolve_stages(config)
 
-    fabric, precision = _make_fabric(config)
+    fabric, fabric_precision, stage_precision = _make_fabric(config, stages)
+    precision = _describe_precision(fabric_precision, stage_precision)
     fabric.launch()
     seed_everything(config.runtime.seed, verbose=False)
     if config.runtime.deterministic:
@@ -294,6 +327,7 @@ def train(
         channels_last=config.runtime.channels_last,
         freeze_bn_stats=_freeze_bn_stats(config),
         show_progress=show_progress,
+        stage_precision=stage_precision,
     )
 
     first_stage, start_epoch, es_state = 0, 0, None

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -83,19 +83,26 @@ def seed_epoch(seed: int, global_epoch: int) -> None:
 
 
 def _split_cpu(fabric: Fabric, loader: Any) -> None:
-    """On a CPU, leave the loader's worker processes their cores (see ``compute_threads``)."""
+    """On a CPU, size the compute threads beside the loader's workers (``compute_threads``)."""
     if fabric.device.type != "cpu":
         return
-    workers = getattr(loader, "num_workers", None)
-    if workers is None:  # Fabric's wrapper, or a benchmark's: look one level down
+    inner = loader
+    if getattr(inner, "num_workers", None) is None:  # Fabric's wrapper, or a benchmark's
         inner = getattr(loader, "_dataloader", None) or getattr(loader, "loader", None)
-        workers = getattr(inner, "num_workers", 0) if inner is not None else 0
+    workers = int(getattr(inner, "num_workers", 0) or 0)
+    # Workers that read the decoded cache are cheap; workers that decode JPEGs are busy.
+    light = getattr(getattr(inner, "dataset", None), "cache", None) is not None
     # Training processes on this machine: DDP strategies list their local devices.
     local_processes = len(getattr(fabric.strategy, "parallel_devices", None) or [None])
-    threads = compute_threads(int(workers), local_processes)
+    threads = compute_threads(workers, local_processes, light_workers=light)
     if torch.get_num_threads() != threads:
         _logger.info("CPU split: %d loader worker(s), %d compute thread(s)", workers, threads)
         torch.set_num_threads(threads)
+
+
+def _autocast(fabric: Fabric, bf16: bool) -> torch.autocast:
+    """bf16 autocast for a stage measured faster in it (inside Fabric's own, which wins)."""
+    return torch.autocast(fabric.device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def _to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -111,10 +118,12 @@ def evaluate(
     num_classes: int,
     *,
     channels_last: bool = True,
+    bf16: bool = False,
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 of ``model`` on every sample of ``loader`` (no padding).
 
     Each process evaluates the whole loader, so the figures are exact under DDP too.
+    ``bf16``: forward under bf16 autocast (a stage that trains in bf16 validates in it).
     """
     model.eval()
     acc = MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False).to(fabric.device)
@@ -122,7 +131,8 @@ def evaluate(
     total_loss, seen = 0.0, 0
     for x, y in loader:
         x, y = _to_input(x.to(fabric.device), channels_last), y.to(fabric.device)
-        logits = model(x).float()
+        with _autocast(fabric, bf16):
+            logits = model(x).float()
         total_loss += criterion(logits, y).item() * y.numel()
         seen += y.numel()
         acc.update(logits, y)
@@ -155,6 +165,9 @@ class Trainer:
         channels_last: feed NHWC tensors (faster convolutions on CPU and GPU).
         freeze_bn_stats: frozen BatchNorm layers keep their running statistics.
         show_progress: a progress bar per epoch on global rank zero.
+        stage_precision: stage name → ``"bf16-mixed"`` or ``"32-true"`` measured for it
+            (``--precision auto`` on a CPU); bf16 stages run under bf16 autocast. Empty:
+            Fabric's precision everywhere.
     """
 
     def __init__(
@@ -171,6 +184,7 @@ class Trainer:
         channels_last: bool = True,
         freeze_bn_stats: bool = True,
         show_progress: bool = True,
+        stage_precision: Mapping[str, str] | None = None,
     ) -> None:
         self.fabric = fabric
         self.raw_model = model
@@ -182,6 +196,8 @@ class Trainer:
         self.channels_last = channels_last
         self.freeze_bn_stats = freeze_bn_stats
         self.show_progress = show_progress
+        self.stage_precision = dict(stage_precision or {})
+        self.bf16 = False
         self.num_classes = meta.num_classes
         weight = class_weights.to(fabric.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=optim.label_smoothing)
@@ -198,6 +214,7 @@ class Trainer:
     def setup_stage(self, stage: StageConfig, steps_per_epoch: int) -> None:
         """Freeze policy → param groups → AdamW + cosine → ``fabric.setup``."""
         apply_policy(self.raw_model, self.spec, stage.trainable)
+        self.bf16 = self.stage_precision.get(stage.name) == "bf16-mixed"
         groups = param_groups(
             self.raw_model,
             self.spec,
@@ -229,7 +246,8 @@ class Trainer:
         for x, y in loader:
             data_wait += time.perf_counter() - tick
             x = _to_input(x, self.channels_last)
-            logits = model(x)
+            with _autocast(fabric, self.bf16):
+                logits = model(x)
             loss = self.criterion(logits.float(), y)
             if not torch.isfinite(loss):
                 raise TrainingError(
@@ -335,6 +353,7 @@ class Trainer:
                 val_loader,
                 self.num_classes,
                 channels_last=self.channels_last,
+                bf16=self.bf16,
             )
             row = EpochStats(
                 stage=stage_index + 1,
