@@ -5,7 +5,8 @@ Target 5 of issue 6. Starts the cropdoc app (``create_app`` under uvicorn, exact
 POST 256 px JPEG leaf photos to ``/predict`` for ``duration`` seconds (at most
 ``max_requests`` in all). Offline throughput is ``Predictor.predict`` on the same JPEG
 bytes at batch 32 with the same backend, measured in this process before the load.
-The server runs twice: micro-batching on (the default) and off (``batch_max=1``).
+The server is ``cropdoc serve`` itself, run three ways: defaults (micro-batching, one
+worker process per core), ``--batch-max 1`` (no batching), ``--workers 1`` (one process).
 
     python -m benchmarks.serve_load --quick
 """
@@ -28,7 +29,7 @@ from typing import Any
 from PIL import Image
 
 from .common import emit, machine, median, ratio, samples
-from .reliability.common import free_port
+from .reliability.common import free_port, process_tree
 
 REAL_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "mini" / "model"
 
@@ -56,17 +57,6 @@ def _multipart(jpeg: bytes) -> tuple[bytes, str]:
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def _serve_child(bundle: str, port: int, backend: str, batch_max: int) -> None:
-    import uvicorn
-
-    from cropdoc.inference import load_predictor
-    from cropdoc.serve.app import ServeSettings, create_app
-
-    predictor = load_predictor(bundle, backend=backend)
-    app = create_app(predictor, ServeSettings(batch_max=batch_max))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-
-
 def _wait_ready(port: int, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -78,6 +68,18 @@ def _wait_ready(port: int, timeout: float = 120.0) -> None:
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"server on port {port} did not come up")
+
+
+def _cpu_seconds(pid: int, tree: bool = True) -> float:
+    """User + system CPU time of a process and its descendants (Linux ``/proc``)."""
+    total = 0.0
+    for p in process_tree(pid) if tree else [pid]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
 
 
 def load(
@@ -155,35 +157,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=None)
     p.add_argument("--max-requests", type=int, default=20000)
-    p.add_argument("--serve-child", nargs=2, metavar=("PORT", "BATCH_MAX"), help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=0, help="cropdoc serve --workers (0: auto)")
     args = p.parse_args(argv)
-    if args.serve_child:
-        _serve_child(args.bundle, int(args.serve_child[0]), args.backend, int(args.serve_child[1]))
-        return {}
     duration = args.duration or (10.0 if args.quick else 30.0)
     jpegs = _jpegs(128)
     bodies = [_multipart(j) for j in jpegs]
     offline = offline_throughput(args.bundle, args.backend, jpegs)
     runs: dict[str, Any] = {}
-    for label, batch_max in (("micro-batching", 32), ("no batching", 1)):
+    configs = (
+        ("micro-batching", 32, args.workers),
+        ("no batching", 1, args.workers),
+        ("one process", 32, 1),
+    )
+    for label, batch_max, workers in configs:
         port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Exactly what a user runs: `cropdoc serve`, here on a loopback port.
         cmd = [
             sys.executable,
             "-m",
-            "benchmarks.serve_load",
-            "--bundle",
+            "cropdoc",
+            "serve",
             args.bundle,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
             "--backend",
             args.backend,
-            "--serve-child",
-            str(port),
+            "--batch-max",
             str(batch_max),
+            "--workers",
+            str(workers),
         ]
-        server = subprocess.Popen(cmd, env=env, cwd=Path(__file__).resolve().parents[1])
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        server = subprocess.Popen(cmd, env=env, **quiet)
         try:
             _wait_ready(port)
+            me = os.getpid()  # the client threads live in this process
+            cpu0 = {"server": _cpu_seconds(server.pid), "clients": _cpu_seconds(me, tree=False)}
             runs[label] = load(port, bodies, args.clients, duration, args.max_requests)
+            cpu1 = {"server": _cpu_seconds(server.pid), "clients": _cpu_seconds(me, tree=False)}
+            # Where the two cores went: the load generator shares them with the server.
+            runs[label]["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -198,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "ratio_to_offline": ratio(ours, offline),
         "ratio_no_batching_to_offline": ratio(runs["no batching"]["images_per_s"], offline),
+        "ratio_one_process_to_offline": ratio(runs["one process"]["images_per_s"], offline),
         "machine": machine(),
     }
     emit(result)

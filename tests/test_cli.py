@@ -42,6 +42,7 @@ def test_version_and_help():
         (["train", "{tmp}", "--config", "{badyaml}", "--out", "{tmp}/r"], "malformed YAML"),
         (["train", "{tmp}", "--config", "{unknownkey}", "--out", "{tmp}/r"], "unknown key"),
         (["data", "inspect", "/nonexistent/folder"], "does not exist"),
+        (["serve", "{tmp}", "--workers", "-1"], "--workers must be 0 (auto) or more"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(tmp_path, monkeypatch, args, message):

@@ -39,7 +39,9 @@ def run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
+    # Two worker processes on one socket (the default on a 2-core machine, explicit here).
     args = ("--backend", "onnx", "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-files", "4")
+    args += ("--workers", "2")
     with running_server(run / "model", log, *args) as url:
         yield url, log
 
@@ -69,6 +71,8 @@ def test_health_and_model(server, run: Path):
     assert model["classes"][0] == "Tomato___Early_blight"
     assert "test" in model["metrics"] and model["versions"]["torch"]
     assert model["exports"]["onnx"]["passed"] is True
+    log = " ".join(server[1].read_text().split())
+    assert "with 2 worker process(es)" in log and "Started parent process" in log
 
 
 def test_docs_and_page_are_served_without_external_assets(server):

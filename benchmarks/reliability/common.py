@@ -78,12 +78,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants (Linux ``/proc``)."""
+    out, pending = [], [pid]
+    while pending:
+        p = pending.pop()
+        if p in out:
+            continue
+        out.append(p)
+        for task in Path(f"/proc/{p}").glob("task/*/children"):
+            try:
+                pending += [int(c) for c in task.read_text().split()]
+            except OSError:  # exited meanwhile
+                pass
+    return out
+
+
 def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MiB, from ``/proc`` (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+    """Resident set size of ``pid`` and all its descendants in MiB, from ``/proc`` (Linux).
+
+    ``cropdoc serve`` with several workers is a supervisor plus worker processes; the
+    workers hold the models and the memory a leak would grow.
+    """
+    total = 0
+    for p in process_tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:  # exited meanwhile
+            continue
+        total += next((int(x.split()[1]) for x in status if x.startswith("VmRSS:")), 0)
+    if not total:
+        raise RuntimeError(f"no VmRSS for pid {pid}")
+    return total / 1024
 
 
 @dataclass

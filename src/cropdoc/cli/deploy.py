@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -184,6 +185,19 @@ def serve(
         float, typer.Option(help="Flag results below this top-1 probability.")
     ] = 0.7,
     top_k: Annotated[int, typer.Option("--top-k", help="Classes per image.")] = 3,
+    batch_max: Annotated[
+        int, typer.Option(help="Most images merged into one forward pass across requests.")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long a request waits for others to share its pass.")
+    ] = 5.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Server processes sharing the port (0: one per core, at most 4). Each "
+            "loads the model and gets cores/workers inference threads."
+        ),
+    ] = 0,
 ) -> None:
     """Serve a JSON API (/predict, /model, /health, /docs) and a web page at /."""
     try:
@@ -203,12 +217,36 @@ def serve(
         max_files=max_files,
         low_confidence=low_confidence,
         top_k=top_k,
+        batch_max=batch_max,
+        batch_wait_ms=batch_wait_ms,
     )
+    if workers < 0:
+        raise CropdocError(f"--workers must be 0 (auto) or more, got {workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    workers = workers or min(cores, 4)
+    # Loaded here even with several workers: a bad bundle fails once, clearly, and a
+    # missing ONNX export is made once, before the workers start.
     predictor = load_predictor(bundle, backend=backend)
-    application = create_app(predictor, settings)
     console.print(
         f"serving {predictor.meta.arch} ({predictor.backend}) on http://{host}:{port}/ "
-        f"— API docs at /docs",
+        f"with {workers} worker process(es) — API docs at /docs",
         highlight=False,
     )
-    uvicorn.run(application, host=host, port=port, log_level="info", access_log=True)
+    if workers == 1:
+        application = create_app(predictor, settings)
+        uvicorn.run(application, host=host, port=port, log_level="info", access_log=True)
+        return
+    from ..serve.app import WORKER_ENV, worker_env
+
+    threads = max(1, cores // workers)
+    os.environ[WORKER_ENV] = worker_env(str(bundle.resolve()), backend, settings, threads)
+    uvicorn.run(
+        "cropdoc.serve.app:app_from_env",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=True,
+    )
