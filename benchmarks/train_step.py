@@ -298,13 +298,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--batch", type=int, default=32)
     args = p.parse_args(argv)
     steps = (
-        {"mobilenet_v3_small": 8, "efficientnet_b0": 3, "resnet50": 3}
+        {"mobilenet_v3_small": 8, "efficientnet_b0": 4, "resnet50": 4}
         if args.quick
         else {"mobilenet_v3_small": 20, "efficientnet_b0": 8, "resnet50": 5}
     )
-    # Quick: one interleaved pair for the slow models (the reference ResNet-50 step alone
-    # takes ~10-30 s here), two for MobileNetV3-S.
-    quick_reps = {"mobilenet_v3_small": 2, "efficientnet_b0": 1, "resnet50": 1}
+    # Quick: two interleaved pairs per case (about 6 minutes on 2 idle cores).
+    quick_reps = {"mobilenet_v3_small": 2, "efficientnet_b0": 2, "resnet50": 2}
     reps = {a: args.reps or (quick_reps.get(a, 1) if args.quick else 3) for a in steps}
     result = run(
         args.archs.split(","),

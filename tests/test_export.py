@@ -64,6 +64,7 @@ def test_int8_export_via_cli_prints_and_stores_figures(run: Path, tmp_path: Path
     v = record["verification"]
     assert v["metric"] == "top1_agreement" and v["threshold"] == 0.99
     assert 0.0 <= v["top1_agreement"] <= 1.0 and v["calibration_images"] > 0
+    assert record["quantized_ops"] == ["Conv"]  # MobileNetV3's recipe in the registry
     int8 = load_predictor(copy / "model", backend="onnx-int8")
     images = collect_images([SplitManifest.load(copy / "split.json").root])[:4]
     assert all(p.ok for p in int8.predict(images))
@@ -82,7 +83,7 @@ def _disagreeing_quantizer(run: Path):
         head.weight.copy_(head.weight.roll(1, dims=0))
         head.bias.copy_(head.bias.roll(1, dims=0))
 
-    def quantize(fp32: Path, target: Path, calibration, workdir: Path) -> None:
+    def quantize(fp32: Path, target: Path, calibration, workdir: Path, op_types=()) -> None:
         assert calibration, "the quantizer must receive calibration batches"
         torch.onnx.export(
             bundle.model,
@@ -121,6 +122,32 @@ def test_int8_below_threshold_is_refused_unless_forced(run: Path, tmp_path: Path
         np.zeros((2, 3, 32, 32), np.float32)
     )
     assert logits.shape == (2, 4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_int8_falls_back_to_convolutions_only_when_the_fast_recipe_disagrees(
+    run: Path, tmp_path: Path, monkeypatch
+):
+    import dataclasses
+
+    from cropdoc.models import get_arch
+
+    copy = copy_run(run, tmp_path / "run")
+    spec = dataclasses.replace(get_arch("mobilenet_v3_small"), int8_op_types=("Conv", "Mul"))
+    monkeypatch.setattr(export_module, "get_arch", lambda name: spec)
+    disagreeing, real = _disagreeing_quantizer(copy), export_module._quantize
+    calls: list[tuple[str, ...]] = []
+
+    def quantize(fp32, target, calibration, workdir, op_types=("Conv",)):
+        calls.append(tuple(op_types))
+        quantizer = disagreeing if tuple(op_types) != ("Conv",) else real
+        quantizer(fp32, target, calibration, workdir, op_types)
+
+    monkeypatch.setattr(export_module, "_quantize", quantize)
+    report = export_int8(copy / "model", force=False, min_agreement=0.5)
+    assert calls == [("Conv", "Mul"), ("Conv",)]
+    assert report.written and report.verification.top1_agreement >= 0.5
+    assert read_meta(copy).exports["onnx_int8"]["quantized_ops"] == ["Conv"]
 
 
 def test_int8_without_known_images_asks_for_calibration_data(run: Path, tmp_path: Path):

@@ -68,6 +68,11 @@ class ArchSpec:
         mean: Per-channel normalisation mean the pretrained weights expect.
         std: Per-channel normalisation std the pretrained weights expect.
         input_size: Square input side the pretrained weights were trained at.
+        int8_op_types: ONNX op types the INT8 export tries to quantize first (it falls back
+            to convolutions only when the result disagrees with PyTorch too often).
+            EfficientNet-B0 adds its SiLU and squeeze-excitation ops (Sigmoid, Mul, Add):
+            left fp32, they put a dequantize/quantize pair around every convolution;
+            measured at 224 px, batch 1: 16.7 ms with convolutions only, 10.2 ms with them.
     """
 
     name: str
@@ -81,6 +86,7 @@ class ArchSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 224
+    int8_op_types: tuple[str, ...] = ("Conv",)
 
 
 # Canonical lower-case name -> spec; lower-case name or alias -> canonical lower-case name.
@@ -216,6 +222,7 @@ register_arch(
         feature_width=1280,
         activation=nn.SiLU,
         stage2_prefixes=_top_blocks("features", _EFFICIENTNET_B0_BLOCKS),
+        int8_op_types=("Conv", "Sigmoid", "Mul", "Add"),
     )
 )
 register_arch(
