@@ -46,8 +46,6 @@ from cropdoc.training.trainer import Trainer
 
 from .common import emit, machine, median, ratio, samples
 
-# Forward FLOPs per 224 px image (2 x multiply-accumulates), for the share of peak.
-FWD_GFLOP_224 = {"resnet50": 8.2, "efficientnet_b0": 0.80, "mobilenet_v3_small": 0.12}
 STAGES = {1: ("head", 1e-3, None), 3: ("all", 5e-5, 1e-5)}
 #: torch's own default intra-op threads: what a textbook loop runs with.
 TEXTBOOK_THREADS = torch.get_num_threads()
@@ -270,9 +268,10 @@ def run(
                     "cache_build_s": cache_s,
                     "runs": {"ours": o_runs, "reference": r_runs},
                 }
-                if stage == 3 and arch in FWD_GFLOP_224:
+                if stage == 3:
                     peak = gemm_peak_gflops()
-                    achieved = our_ips * 3 * FWD_GFLOP_224[arch] * (size / 224) ** 2
+                    # Training ~ 3 forward passes; forward GFLOPs from the registry.
+                    achieved = our_ips * 3 * get_arch(arch).gflops_224 * (size / 224) ** 2
                     row.update(
                         bf16_gemm_peak_gflops=peak,
                         achieved_gflops=achieved,

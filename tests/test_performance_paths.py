@@ -125,6 +125,9 @@ def test_compute_threads_leaves_cores_to_workers(monkeypatch: pytest.MonkeyPatch
     # Cached (cheap) loading: the workers sleep most of the time, compute gets every core.
     assert compute_threads(cpus + 3, light_workers=True) == cpus
     assert compute_threads(1, processes=cpus, light_workers=True) == 1
+    # ... when a batch is big enough to share between threads (not at 64 px MobileNetV3).
+    assert compute_threads(1, light_workers=True, batch_gflop=0.3) == max(1, cpus - 1)
+    assert compute_threads(1, light_workers=True, batch_gflop=1000.0) == cpus
 
 
 def test_frozen_backbone_records_no_backbone_graph_and_same_head_grads() -> None:

@@ -195,7 +195,8 @@ def serve(
         int,
         typer.Option(
             help="Server processes sharing the port (0: one per core, at most 4). Each "
-            "loads the model and gets cores/workers inference threads."
+            "loads the model (~0.5 GB private memory with torch) and gets cores/workers "
+            "inference threads."
         ),
     ] = 0,
 ) -> None:

@@ -187,7 +187,7 @@ class FastTrainAugment:
         Blur is linear and reflect padding commutes with the per-channel colour map and
         Normalize, so blurring after them equals blurring before (up to uint8 rounding).
         The 3x3 kernel is separable, so it runs as two 3-tap passes of slices and adds:
-        0.2 ms per 224 px image here, against 2.9 ms for a grouped ``conv2d``.
+        0.45 ms per 224 px image here, against 2.9 ms for a grouped ``conv2d``.
         """
         if float(torch.rand(1)) >= self.blur_p:
             return x
@@ -226,7 +226,20 @@ def default_workers() -> int:
     return max(1, min(8, cpus - 1)) if cpus > 2 else 1
 
 
-def compute_threads(workers: int, processes: int = 1, *, light_workers: bool = False) -> int:
+#: Below this much forward work per batch (GFLOP) more OpenMP threads do not pay:
+#: measured on 2 cores, MobileNetV3-S stage 3 at 64 px (0.3 GFLOP per batch of 32) ran at
+#: 180-204 img/s with 2 threads vs 219-234 with 1; at 128 px (1.3) 125 vs 118-127; at 224 px
+#: (3.8) 73 vs 53-55.
+MIN_BATCH_GFLOP_TO_SHARE = 1.5
+
+
+def compute_threads(
+    workers: int,
+    processes: int = 1,
+    *,
+    light_workers: bool = False,
+    batch_gflop: float | None = None,
+) -> int:
     """Intra-op threads for a training process when it runs ``workers`` loader processes.
 
     The process's share of the cores (``processes`` training processes on this machine,
@@ -234,16 +247,19 @@ def compute_threads(workers: int, processes: int = 1, *, light_workers: bool = F
     cores subtracted: measured on a 2-core CPU, MobileNetV3-S training with 2 OpenMP
     threads beside one busy process fell from 100 to ~6 img/s (every parallel region waits
     for the descheduled thread). ``light_workers`` workers (the decoded cache, where a batch
-    costs ~2 ms per image against 10-400 ms of compute) leave every core to compute:
-    measured at 224 px on 2 idle cores, 1 worker + 2 threads against 1 + 1 ran
-    EfficientNet-B0 stage 1 at 67 vs 36 img/s and ResNet-50 stage 3 at 12.3 vs 7.2 img/s.
-    ``OMP_NUM_THREADS``, when set, is the user's choice and wins.
+    costs ~2 ms per image against 10-400 ms of compute) leave every core to compute when
+    the batch is big enough to share (``batch_gflop``, forward, at least
+    :data:`MIN_BATCH_GFLOP_TO_SHARE`): measured at 224 px on 2 idle cores, 1 worker
+    + 2 threads against 1 + 1 ran EfficientNet-B0 stage 1 at 67 vs 36 img/s and ResNet-50
+    stage 3 at 12.3 vs 7.2 img/s. ``OMP_NUM_THREADS``, when set, is the user's choice.
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    share = cpus // max(1, processes)
-    return max(1, share if light_workers else share - max(0, workers))
+    share = max(1, cpus // max(1, processes))
+    split = max(1, share - max(0, workers))
+    small = batch_gflop is not None and batch_gflop < MIN_BATCH_GFLOP_TO_SHARE
+    return share if light_workers and not small else split
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:

@@ -68,6 +68,8 @@ class ArchSpec:
         mean: Per-channel normalisation mean the pretrained weights expect.
         std: Per-channel normalisation std the pretrained weights expect.
         input_size: Square input side the pretrained weights were trained at.
+        gflops_224: Forward-pass GFLOPs (2 x multiply-accumulates) per 224 px image; sizes
+            the work per batch (how many threads pay) and the benchmarks' share of peak.
         int8_op_types: ONNX op types the INT8 export tries to quantize first (it falls back
             to convolutions only when the result disagrees with PyTorch too often).
             EfficientNet-B0 adds its SiLU and squeeze-excitation ops (Sigmoid, Mul, Add):
@@ -86,6 +88,7 @@ class ArchSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 224
+    gflops_224: float = 1.0
     int8_op_types: tuple[str, ...] = ("Conv",)
 
 
@@ -210,6 +213,7 @@ register_arch(
         head_attr="fc",
         feature_width=2048,
         activation=nn.ReLU,
+        gflops_224=8.2,
         stage2_prefixes=("layer3", "layer4"),
     )
 )
@@ -221,6 +225,7 @@ register_arch(
         head_attr="classifier",
         feature_width=1280,
         activation=nn.SiLU,
+        gflops_224=0.80,
         stage2_prefixes=_top_blocks("features", _EFFICIENTNET_B0_BLOCKS),
         int8_op_types=("Conv", "Sigmoid", "Mul", "Add"),
     )
@@ -233,6 +238,7 @@ register_arch(
         head_attr="classifier",
         feature_width=576,
         activation=nn.Hardswish,
+        gflops_224=0.12,
         stage2_prefixes=_top_blocks("features", _MOBILENET_V3_SMALL_BLOCKS),
         aliases=("mobilenetv3",),
     )

@@ -4,12 +4,13 @@
 (autocast there is not reliable); on a CPU with native bf16 (AVX-512 BF16 / AMX) a short
 measured probe decides between bf16 autocast and fp32 for each stage, because the answer
 differs by architecture and by what is trainable. Measured here at 224 px, batch 32, 2
-threads: bf16 makes ResNet-50 ~2.3× faster in every stage; MobileNetV3-Small 1.5× faster
-with a frozen backbone (545 vs 354 img/s) but 1.6× slower trained end to end (57 vs 91:
-depthwise convolution backward); EfficientNet-B0 1.9× faster frozen, even trained end to
-end. The probe times a few training steps of a fresh model, set up as the stage trains it,
-in both precisions and caches the winner per (architecture and trainable set, image size,
-CPU, torch version) in ``$XDG_CACHE_HOME/cropdoc/precision.json``.
+threads (``benchmarks/compute_only.py``): bf16 makes ResNet-50 2.4-2.9× faster in every
+stage and EfficientNet-B0 1.8× faster with a frozen backbone (equal trained end to end);
+MobileNetV3-Small is 1.1× faster frozen (438 vs 387 img/s) but 1.5× slower trained end to
+end (49 vs 72: depthwise convolution backward). The probe times a few training steps of a
+fresh model, set up as the stage trains it, in both precisions and caches the winner per
+(architecture and trainable set, image size, CPU, torch version) in
+``$XDG_CACHE_HOME/cropdoc/precision.json``.
 """
 
 from __future__ import annotations

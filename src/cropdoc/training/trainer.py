@@ -82,7 +82,7 @@ def seed_epoch(seed: int, global_epoch: int) -> None:
     torch.manual_seed(s)
 
 
-def _split_cpu(fabric: Fabric, loader: Any) -> None:
+def _split_cpu(fabric: Fabric, loader: Any, gflop_per_image: float) -> None:
     """On a CPU, size the compute threads beside the loader's workers (``compute_threads``)."""
     if fabric.device.type != "cpu":
         return
@@ -94,7 +94,10 @@ def _split_cpu(fabric: Fabric, loader: Any) -> None:
     light = getattr(getattr(inner, "dataset", None), "cache", None) is not None
     # Training processes on this machine: DDP strategies list their local devices.
     local_processes = len(getattr(fabric.strategy, "parallel_devices", None) or [None])
-    threads = compute_threads(workers, local_processes, light_workers=light)
+    batch = int(getattr(inner, "batch_size", None) or 1)
+    threads = compute_threads(
+        workers, local_processes, light_workers=light, batch_gflop=gflop_per_image * batch
+    )
     if torch.get_num_threads() != threads:
         _logger.info("CPU split: %d loader worker(s), %d compute thread(s)", workers, threads)
         torch.set_num_threads(threads)
@@ -237,7 +240,8 @@ class Trainer:
     def train_one_epoch(self, loader: torch.utils.data.DataLoader, desc: str) -> dict[str, float]:
         assert self.model is not None and self.optimizer is not None and self.scheduler is not None
         fabric, model, optimizer = self.fabric, self.model, self.optimizer
-        _split_cpu(fabric, loader)
+        gflop = self.spec.gflops_224 * (self.meta.image_size / 224) ** 2
+        _split_cpu(fabric, loader, gflop)
         set_train_mode(model, freeze_bn_stats=self.freeze_bn_stats)
         total = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # loss*n, correct, n
         data_wait = 0.0
