@@ -17,6 +17,7 @@ from cropdoc.bundle import BundleMeta
 from cropdoc.data.cache import DecodedCache
 from cropdoc.data.images import load_tensor
 from cropdoc.data.loaders import (
+    CropFlipRotate,
     FastTrainAugment,
     ImageDataset,
     compute_threads,
@@ -94,6 +95,29 @@ def test_fast_augment_shapes_stats_and_reproducibility() -> None:
     assert torch.equal(a, b)  # draws only from torch's RNG: per-epoch reseeding holds
 
 
+def test_crop_flip_rotate_warp_is_exact_on_the_pixel_grid() -> None:
+    geometry = CropFlipRotate(48)
+    img = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    square = img[:, :, 8:56]
+    box = (0, 8, 48, 48)  # top, left, height, width: the centre square, same size
+    assert torch.allclose(geometry.warp(img, box), square.float(), atol=1e-3)
+    flipped = geometry.warp(img, box, hflip=True, vflip=True)
+    assert torch.allclose(flipped, square.flip(-1, -2).float(), atol=1e-3)
+    quarter = geometry.warp(img, box, angle=90.0)
+    turns = [torch.rot90(square, k, dims=(-2, -1)).float() for k in (1, 3)]
+    assert any(torch.allclose(quarter, t, atol=1e-3) for t in turns)
+    # Half size: each output pixel is the mean of a 2x2 block (bilinear at pixel centres).
+    half = CropFlipRotate(24).warp(img, box)
+    pooled = torch.nn.functional.avg_pool2d(square.float().unsqueeze(0), 2).squeeze(0)
+    assert torch.allclose(half, pooled, atol=1e-3)
+    # Rotating leaves black corners (the seed's fill), and the draw uses torch's RNG only.
+    assert geometry.warp(torch.full_like(img, 200), box, angle=20.0)[:, 0, 0].eq(0).all()
+    torch.manual_seed(1)
+    a = geometry(img)
+    torch.manual_seed(1)
+    assert torch.equal(a, geometry(img)) and a.shape == (3, 48, 48)
+
+
 def test_fast_color_matrix_identity_and_grey_axis() -> None:
     aug = FastTrainAugment(32, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
     a, off = aug.color_matrix(torch.tensor([100.0, 120.0, 140.0]))
@@ -106,8 +130,7 @@ def test_fast_color_matrix_identity_and_grey_axis() -> None:
 
 def test_fast_augment_without_jitter_matches_plain_normalise() -> None:
     aug = FastTrainAugment(48, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
-    aug.crop_flip = torch.nn.Identity()
-    aug.rotate = torch.nn.Identity()
+    aug.geometry = lambda image: image.float()
     aug.blur_p = 0.0
     aug.erase = torch.nn.Identity()
     img = torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8)

@@ -31,6 +31,7 @@ from .cache import DecodedCache
 from .images import DEFAULT_MAX_PIXELS, load_tensor
 
 __all__ = [
+    "CropFlipRotate",
     "FastTrainAugment",
     "ImageDataset",
     "build_fast_train_transform",
@@ -98,19 +99,85 @@ class ImageDataset(Dataset):
         return image, label
 
 
+class CropFlipRotate:
+    """Seed steps 1-4 (RandomResizedCrop, horizontal and vertical flip, rotation) as one warp.
+
+    The parameters are drawn as the torchvision transforms draw them (crop box from
+    ``RandomResizedCrop.get_params``, flip probabilities, angle uniform in ±degrees), then
+    composed into one affine map from output to source pixels and sampled once, bilinearly,
+    with black outside the image (the seed's rotation fill). One resampling instead of a
+    resize and a rotation: 0.64 ms per 224 px image here instead of 1.66 ms, and the
+    rotation is bilinear rather than nearest. The output is float (0..255).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        *,
+        scale: tuple[float, float] = (0.8, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        hflip_p: float = 0.5,
+        vflip_p: float = 0.2,
+        degrees: float = 20.0,
+    ) -> None:
+        self.size, self.scale, self.ratio = size, list(scale), list(ratio)
+        self.hflip_p, self.vflip_p, self.degrees = hflip_p, vflip_p, degrees
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms import RandomResizedCrop
+
+        box = RandomResizedCrop.get_params(image, self.scale, self.ratio)
+        hflip = float(torch.rand(1)) < self.hflip_p
+        vflip = float(torch.rand(1)) < self.vflip_p
+        angle = float(torch.empty(1).uniform_(-self.degrees, self.degrees))
+        return self.warp(image, box, hflip=hflip, vflip=vflip, angle=angle)
+
+    def warp(
+        self,
+        image: torch.Tensor,
+        box: tuple[int, int, int, int],
+        *,
+        hflip: bool = False,
+        vflip: bool = False,
+        angle: float = 0.0,
+    ) -> torch.Tensor:
+        """Crop ``box`` (top, left, height, width), resize, flip, rotate by ``angle`` degrees.
+
+        In normalised coordinates (``affine_grid``): output point → rotated about the centre
+        → flipped → the crop box's place in the source image.
+        """
+        top, left, h, w = box
+        height, width = image.shape[-2:]
+        c, s = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+        fx, fy = (-1.0 if hflip else 1.0), (-1.0 if vflip else 1.0)
+        ax, bx = w / width, (2 * left + w) / width - 1.0
+        ay, by = h / height, (2 * top + h) / height - 1.0
+        theta = torch.tensor(
+            [[ax * fx * c, -ax * fx * s, bx], [ay * fy * s, ay * fy * c, by]],
+            dtype=torch.float32,
+        )
+        out = (1, image.shape[0], self.size, self.size)
+        grid = torch.nn.functional.affine_grid(theta.unsqueeze(0), list(out), align_corners=False)
+        source = image.unsqueeze(0).float()
+        return torch.nn.functional.grid_sample(
+            source, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        ).squeeze(0)
+
+
 class FastTrainAugment:
     """The seed's nine training steps at a fraction of the CPU cost (picklable for workers).
 
-    Same steps, parameters and order as :func:`~cropdoc.data.transforms.build_train_transform`
-    (geometric steps 1-4, blur 6, erasing 9 are the torchvision transforms themselves). What
-    differs is step 5, ColorJitter, fused with steps 7-8 (to float, Normalize): brightness,
-    contrast, saturation and hue are each an affine map of RGB, so they are drawn with the
-    same ranges and in a random order as ColorJitter does, composed into one 3x3 matrix and
-    offset, and applied in a single pass with one clamp, then normalised. Two deliberate
-    differences, both invisible to training: no uint8 rounding/clamping between the four
-    colour ops, and hue is a rotation about the grey axis of RGB (the CSS/YIQ hue rotation)
-    instead of a shift on the HSV hexagon; for |hue| <= 0.05 of a turn they differ by a few
-    levels. Rotation and blur run on the float image (no uint8 round trips).
+    Same steps, parameters and order as :func:`~cropdoc.data.transforms.build_train_transform`.
+    Steps 1-4 (crop, flips, rotation) are one warp, :class:`CropFlipRotate`; blur 6 and
+    erasing 9 are torchvision's. Step 5, ColorJitter, is fused with steps 7-8 (to float,
+    Normalize): brightness, contrast, saturation and hue are each an affine map of RGB, so
+    they are drawn with the same ranges and in a random order as ColorJitter does, composed
+    into one 3x3 matrix and offset, and applied in a single pass with one clamp, then
+    normalised. Deliberate differences, all invisible to training: one bilinear resampling
+    for steps 1-4 (no antialiasing for the <= 1.14x shrink of the cached image, bilinear
+    instead of nearest rotation); no uint8 rounding/clamping between the four colour ops;
+    and hue is a rotation about the grey axis of RGB (the CSS/YIQ hue rotation) instead of
+    a shift on the HSV hexagon; for |hue| <= 0.05 of a turn they differ by a few levels.
     """
 
     # ITU-R 601 luma, as torchvision's rgb_to_grayscale.
@@ -127,16 +194,7 @@ class FastTrainAugment:
         saturation: float = 0.2,
         hue: float = 0.05,
     ) -> None:
-        # Steps 1-3 on uint8 (torchvision's fast uint8 resize); 4 on float (no uint8 round
-        # trip inside grid_sample; nearest sampling gives the same pixels either way).
-        self.crop_flip = v2.Compose(
-            [
-                v2.RandomResizedCrop(image_size, scale=(0.8, 1.0), antialias=True),
-                v2.RandomHorizontalFlip(p=0.5),
-                v2.RandomVerticalFlip(p=0.2),
-            ]
-        )
-        self.rotate = v2.RandomRotation(20)
+        self.geometry: Callable[[torch.Tensor], torch.Tensor] = CropFlipRotate(image_size)
         self.blur_p, self.blur_sigma = 0.2, (0.1, 2.0)
         self.erase = v2.RandomErasing(p=0.1, scale=(0.02, 0.1))
         self.ranges = (brightness, contrast, saturation, hue)
@@ -201,7 +259,7 @@ class FastTrainAugment:
         return (p[..., :-2, :] + p[..., 2:, :]).mul_(side).add_(p[..., 1:-1, :], alpha=centre)
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        x = self.rotate(self.crop_flip(image).float())
+        x = self.geometry(image)
         c, h, w = x.shape
         flat = x.reshape(3, -1)
         a, off = self.color_matrix(flat.mean(dim=1))
