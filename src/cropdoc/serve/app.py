@@ -36,7 +36,14 @@ from ..errors import ConfigError
 from ..inference.predictor import MicroBatcher, Prediction, Predictor, load_predictor
 from .diseases import disease_info
 
-__all__ = ["DEFAULT_LOW_CONFIDENCE", "ServeSettings", "create_app"]
+__all__ = [
+    "DEFAULT_LOW_CONFIDENCE",
+    "WORKER_ENV",
+    "ServeSettings",
+    "app_from_env",
+    "create_app",
+    "worker_env",
+]
 
 _logger = logging.getLogger(__name__)
 
