@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from cropdoc.data.loaders import usable_cpus
+
 _DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "plantvillage-mini"
 #: Real leaf photos (PlantVillage layout); override with CROPDOC_BENCH_DATA.
 DATA = Path(os.environ.get("CROPDOC_BENCH_DATA", _DEFAULT_DATA))
@@ -29,10 +31,9 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "cpu": model,
-        "cores": cpus,
+        "cores": usable_cpus(),
         "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -40,8 +40,9 @@ from cropdoc.data.loaders import (
     default_workers,
     make_loader,
 )
-from cropdoc.models import apply_policy, build, get_arch, set_train_mode
-from cropdoc.training.precision import probe_cpu_precision, resolve_precision
+from cropdoc.models import apply_policy, build, get_arch
+from cropdoc.training.precision import resolve_precision
+from cropdoc.training.run import probe_stage_precision
 from cropdoc.training.trainer import Trainer
 
 from .common import emit, machine, median, ratio, samples
@@ -151,16 +152,9 @@ class Reference:
 
 def product_precision(arch: str, size: int, stage: int) -> str:
     """What ``--precision auto`` picks here for this arch and stage (the cached probe)."""
-    spec = get_arch(arch)
-    trainable = STAGES[stage][0]
-
-    def make_model() -> nn.Module:
-        model = build(arch, classes=2, weights="none")
-        apply_policy(model, spec, trainable)
-        return set_train_mode(model, freeze_bn_stats=True)
 
     def probe() -> str:
-        return probe_cpu_precision(make_model, f"{spec.name}/{trainable}", image_size=size)
+        return probe_stage_precision(arch, STAGES[stage][0], image_size=size, freeze_bn_stats=True)
 
     return resolve_precision("auto", "cpu", probe=probe)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import pytest
+from benchmarks.reliability.common import TINY_CONFIG
 
 _PLANTVILLAGE_ENV = "CROPDOC_PLANTVILLAGE_MINI"
 
@@ -43,17 +45,13 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_config(**overrides):
-    """A fast config: MobileNetV3-Small from scratch, 32 px, one epoch per stage, fp32."""
+    """A fast config: MobileNetV3-Small from scratch, 32 px, one epoch per stage, fp32.
+
+    The same recipe the fault scripts run (``benchmarks.reliability.common.TINY_CONFIG``).
+    """
     from cropdoc.config import load_config
 
-    base = {
-        "arch": "mobilenet_v3_small",
-        "weights": "none",
-        "recipe": "three-stage",
-        "stage_epochs": [1, 1, 1],
-        "data": {"image_size": 32, "batch_size": 8, "workers": 0},
-        "runtime": {"precision": "32", "accelerator": "cpu"},
-    }
+    base = copy.deepcopy(TINY_CONFIG)
     for key, value in overrides.items():
         if isinstance(value, dict):
             base[key] = {**base.get(key, {}), **value}

@@ -21,8 +21,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: The same tiny recipe as ``tests/conftest.py::tiny_config`` (MobileNetV3-Small from scratch,
-#: 32 px, one epoch per stage, fp32 on CPU), as a YAML-able dict for ``cropdoc train --config``.
+#: The tiny recipe of the fault scripts and of ``tests/conftest.py::tiny_config``
+#: (MobileNetV3-Small from scratch, 32 px, one epoch per stage, fp32 on CPU), as a YAML-able
+#: dict for ``cropdoc train --config``.
 TINY_CONFIG: dict[str, Any] = {
     "arch": "mobilenet_v3_small",
     "weights": "none",
@@ -31,6 +32,20 @@ TINY_CONFIG: dict[str, Any] = {
     "data": {"image_size": 32, "batch_size": 8, "workers": 0},
     "runtime": {"precision": "32", "accelerator": "cpu"},
 }
+
+
+def tiny_bundle_meta() -> Any:
+    """Metadata of a 3-class, 32 px MobileNetV3-Small bundle (for scripts that save one)."""
+    from cropdoc.bundle import BundleMeta
+
+    return BundleMeta(
+        arch="mobilenet_v3_small",
+        classes=["a", "b", "c"],
+        image_size=32,
+        resize_size=36,
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+    )
 
 
 def emit(figures: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .common import TINY_CONFIG, emit, tiny_dataset, write_config
+from .common import TINY_CONFIG, emit, tiny_bundle_meta, tiny_dataset, write_config
 
 
 def _enospc(*_: Any, **__: Any) -> None:
@@ -151,19 +151,9 @@ def _bundle_sites(work: Path) -> list[dict[str, Any]]:
     import torch
 
     from cropdoc import bundle as bundle_mod
-    from cropdoc.bundle import BundleMeta, load_bundle, save_bundle, update_meta
+    from cropdoc.bundle import load_bundle, save_bundle, update_meta
     from cropdoc.errors import CropdocError
     from cropdoc.models import build
-
-    def meta() -> BundleMeta:
-        return BundleMeta(
-            arch="mobilenet_v3_small",
-            classes=["a", "b", "c"],
-            image_size=32,
-            resize_size=36,
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-        )
 
     def model(seed: int) -> torch.nn.Module:
         torch.manual_seed(seed)
@@ -176,21 +166,21 @@ def _bundle_sites(work: Path) -> list[dict[str, Any]]:
             bundle_mod,
             "save_file",
             _enospc,
-            lambda t: save_bundle(t, model(1), meta()),
+            lambda t: save_bundle(t, model(1), tiny_bundle_meta()),
         ),
         (
             "bundle model.json (in save_bundle)",
             bundle_mod,
             "_fsync_file",
             _after(1, real_fsync, lambda p: Path(p).name == "model.json"),
-            lambda t: save_bundle(t, model(1), meta()),
+            lambda t: save_bundle(t, model(1), tiny_bundle_meta()),
         ),
         (
             "bundle swap (rename into place)",
             bundle_mod.os,
             "replace",
             _enospc,
-            lambda t: save_bundle(t, model(1), meta()),
+            lambda t: save_bundle(t, model(1), tiny_bundle_meta()),
         ),
         (
             "model.json metrics update (update_meta)",
@@ -205,7 +195,7 @@ def _bundle_sites(work: Path) -> list[dict[str, Any]]:
         folder = work / f"bundle-{i}"
         shutil.rmtree(folder, ignore_errors=True)
         first = model(0)
-        save_bundle(folder / "model", first, meta())
+        save_bundle(folder / "model", first, tiny_bundle_meta())
         row: dict[str, Any] = {"site": site}
         with _patched(obj, name, fn):
             try:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import emit
+from .common import emit, tiny_bundle_meta
 
 MARKER = "PWNED_BY_PICKLE"
 
@@ -47,18 +47,11 @@ def _checkpoint_state(payload: Any) -> dict[str, Any]:
 def _bundle(folder: Path) -> Path:
     import torch
 
-    from cropdoc.bundle import BundleMeta, save_bundle
+    from cropdoc.bundle import save_bundle
     from cropdoc.models import build
 
     torch.manual_seed(0)
-    meta = BundleMeta(
-        arch="mobilenet_v3_small",
-        classes=["a", "b", "c"],
-        image_size=32,
-        resize_size=36,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
-    )
+    meta = tiny_bundle_meta()
     return save_bundle(folder, build("mobilenet_v3_small", classes=3, weights="none"), meta)
 
 

@@ -223,8 +223,9 @@ def serve(
     )
     if workers < 0:
         raise CropdocError(f"--workers must be 0 (auto) or more, got {workers}")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cores = cores or 1
+    from ..data.loaders import usable_cpus
+
+    cores = usable_cpus()
     workers = workers or min(cores, 4)
     # Loaded here even with several workers: a bad bundle fails once, clearly, and a
     # missing ONNX export is made once, before the workers start.

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop, v2
 
 from ..errors import DataError
 from .cache import DecodedCache
@@ -39,6 +39,7 @@ __all__ = [
     "compute_threads",
     "default_workers",
     "make_loader",
+    "usable_cpus",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -124,8 +125,6 @@ class CropFlipRotate:
         self.hflip_p, self.vflip_p, self.degrees = hflip_p, vflip_p, degrees
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        from torchvision.transforms import RandomResizedCrop
-
         box = RandomResizedCrop.get_params(image, self.scale, self.ratio)
         hflip = float(torch.rand(1)) < self.hflip_p
         vflip = float(torch.rand(1)) < self.vflip_p
@@ -278,9 +277,16 @@ def build_fast_train_transform(
     return FastTrainAugment(image_size, mean=mean, std=std)
 
 
+def usable_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def default_workers() -> int:
     """Loader worker processes sized for the machine: leave compute to the model on few cores."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     return max(1, min(8, cpus - 1)) if cpus > 2 else 1
 
 
@@ -313,7 +319,7 @@ def compute_threads(
     """
     if os.environ.get("OMP_NUM_THREADS"):
         return torch.get_num_threads()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = usable_cpus()
     share = max(1, cpus // max(1, processes))
     split = max(1, share - max(0, workers))
     small = batch_gflop is not None and batch_gflop < MIN_BATCH_GFLOP_TO_SHARE

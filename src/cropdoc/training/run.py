@@ -100,18 +100,22 @@ def _prepare_data(
         return manifest
 
 
-def _probe_stage(config: TrainConfig, trainable: str) -> str:
-    """Measure bf16 against fp32 for the architecture trained with ``trainable`` (cached)."""
-    spec = get_arch(config.arch)
+def probe_stage_precision(
+    arch: str, trainable: str, *, image_size: int, freeze_bn_stats: bool
+) -> str:
+    """Measure bf16 against fp32 for ``arch`` trained with ``trainable`` (cached per stage).
+
+    The probe's model is set up as the stage trains it: the frozen layers, and frozen
+    BatchNorm layers in eval mode when ``freeze_bn_stats``.
+    """
+    spec = get_arch(arch)
 
     def make_model() -> torch.nn.Module:
         model = build(spec.name, classes=2, weights="none")
         apply_policy(model, spec, trainable)
-        return set_train_mode(model, freeze_bn_stats=_freeze_bn_stats(config))
+        return set_train_mode(model, freeze_bn_stats=freeze_bn_stats)
 
-    return probe_cpu_precision(
-        make_model, f"{spec.name}/{trainable}", image_size=config.data.image_size
-    )
+    return probe_cpu_precision(make_model, f"{spec.name}/{trainable}", image_size=image_size)
 
 
 def _make_fabric(
@@ -129,7 +133,12 @@ def _make_fabric(
         by_trainable: dict[str, str] = {}
         for stage in stages:
             if stage.trainable not in by_trainable:
-                by_trainable[stage.trainable] = _probe_stage(config, stage.trainable)
+                by_trainable[stage.trainable] = probe_stage_precision(
+                    config.arch,
+                    stage.trainable,
+                    image_size=config.data.image_size,
+                    freeze_bn_stats=_freeze_bn_stats(config),
+                )
             stage_precision[stage.name] = by_trainable[stage.trainable]
         precision = "32-true"
     else:
