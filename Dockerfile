@@ -11,11 +11,12 @@
 # With --backend onnx (default) and no ONNX export in the bundle, the server exports one
 # at start-up, which needs the mount to be writable (drop ":ro").
 #
-# torch is installed as pyproject pins it. For a much smaller image, build with the
-# CPU-only wheel index:  docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu .
+# torch and torchvision come from PyTorch's CPU-only wheel index by default (a few hundred
+# MB instead of the CUDA build's GBs); for a CUDA image pass another index, e.g.
+#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
 FROM python:3.12-slim
 
-ARG TORCH_INDEX=""
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -24,7 +25,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install ${TORCH_INDEX:+--extra-index-url "$TORCH_INDEX"} ".[serve]" \
+# torch first from the chosen index, so installing cropdoc (lower bounds) keeps it.
+RUN pip install --index-url "$TORCH_INDEX" "torch>=2.14" "torchvision>=0.29" \
+    && pip install ".[serve]" \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin cropdoc
 
 USER cropdoc

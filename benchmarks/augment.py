@@ -20,8 +20,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from cropdoc.data.augment import FastTrainAugment
 from cropdoc.data.images import load_tensor
-from cropdoc.data.loaders import FastTrainAugment
 from cropdoc.data.transforms import build_train_transform
 
 from .common import emit, machine, median, ratio, samples

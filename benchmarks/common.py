@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from cropdoc.data.loaders import usable_cpus
+from cropdoc.cpu import usable_cpus
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "plantvillage-mini"
 #: Real leaf photos (PlantVillage layout); override with CROPDOC_BENCH_DATA.

@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from cropdoc.bundle import BundleMeta, load_bundle, save_bundle
-from cropdoc.inference.export import export_int8, export_onnx
-from cropdoc.inference.predictor import Predictor, _onnx_session, _OnnxRunner, _TorchRunner
+from cropdoc.export import export_int8, export_onnx
+from cropdoc.inference import OnnxRunner, Predictor, TorchRunner
 from cropdoc.models import build, get_arch
+from cropdoc.preprocessing import Preprocessing
 
 from .common import DATA, emit, machine, median, ratio, samples
 
@@ -38,7 +39,8 @@ def _make_bundle(arch: str, folder: Path, size: int) -> Path:
     torch.manual_seed(0)
     model = build(arch, classes=12, weights="none").eval()
     classes = sorted(d.name for d in DATA.iterdir() if d.is_dir())
-    meta = BundleMeta(spec.name, classes, size, round(size * 1.14), spec.mean, spec.std)
+    pre = Preprocessing.for_size(size, mean=spec.mean, std=spec.std)
+    meta = BundleMeta(arch=spec.name, classes=classes, preprocessing=pre)
     save_bundle(folder, model, meta)
     return folder
 
@@ -55,7 +57,7 @@ def _time(fn, batch: np.ndarray, reps: int) -> list[float]:
 
 def bench_bundle(folder: Path, label: str, reps: int, calib: list[Path]) -> dict[str, Any]:
     loaded = load_bundle(folder)
-    torch_runner = _TorchRunner(loaded.model)  # eager fp32, NCHW: the reference
+    torch_runner = TorchRunner(loaded.model)  # eager fp32, NCHW: the reference
     predictor = Predictor(loaded.meta, torch_runner)
     # onnxruntime's calibrators print progress on stdout; keep stdout for our JSON.
     with contextlib.redirect_stdout(sys.stderr):
@@ -67,8 +69,8 @@ def bench_bundle(folder: Path, label: str, reps: int, calib: list[Path]) -> dict
         int8_s = time.perf_counter() - t
     runners = {
         "torch": torch_runner,
-        "onnx": _OnnxRunner(_onnx_session(fp32.path), "onnx"),
-        "onnx-int8": _OnnxRunner(_onnx_session(int8.path), "onnx-int8"),
+        "onnx": OnnxRunner.from_file(fp32.path, name="onnx"),
+        "onnx-int8": OnnxRunner.from_file(int8.path, name="onnx-int8"),
     }
     x32 = torch.stack([predictor.preprocess(p) for p in calib[:32]]).numpy()
     x1 = np.ascontiguousarray(x32[:1])
@@ -84,7 +86,7 @@ def bench_bundle(folder: Path, label: str, reps: int, calib: list[Path]) -> dict
     return {
         "bundle": label,
         "arch": loaded.meta.arch,
-        "image_size": loaded.meta.image_size,
+        "image_size": loaded.meta.preprocessing.image_size,
         "batch1_p50_ms": p50,
         "batch32_images_per_s": ips,
         "onnx_latency_ratio": ratio(p50["onnx"], p50["torch"]),

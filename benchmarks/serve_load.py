@@ -6,7 +6,7 @@ POST 256 px JPEG leaf photos to ``/predict`` for ``duration`` seconds (at most
 ``max_requests`` in all). Offline throughput is ``Predictor.predict`` on the same JPEG
 bytes at batch 32 with the same backend, measured in this process before the load.
 The server is ``cropdoc serve`` itself, run three ways: defaults (micro-batching, one
-worker process per core), ``--batch-max 1`` (no batching), ``--workers 1`` (one process).
+worker process per core), ``--batch-max 1`` (no batching), ``--processes 1`` (one process).
 
     python -m benchmarks.serve_load --quick
 """
@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from tests.helpers import free_port, process_tree
 
 from .common import emit, machine, median, ratio, samples
-from .reliability.common import free_port, process_tree
 
 REAL_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "mini" / "model"
 
@@ -137,8 +137,10 @@ def load(
 
 
 def offline_throughput(bundle: str, backend: str, jpegs: list[bytes], reps: int = 3) -> float:
+    from cropdoc.export import ensure_export
     from cropdoc.inference import load_predictor
 
+    ensure_export(bundle, backend)  # as `cropdoc serve` does before loading
     predictor = load_predictor(bundle, backend=backend)
     predictor.predict(jpegs[:32], batch_size=32)
     rates = []
@@ -157,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=None)
     p.add_argument("--max-requests", type=int, default=20000)
-    p.add_argument("--workers", type=int, default=0, help="cropdoc serve --workers (0: auto)")
+    p.add_argument(
+        "--processes", type=int, default=0, help="cropdoc serve --processes (0: auto)"
+    )
     args = p.parse_args(argv)
     duration = args.duration or (10.0 if args.quick else 30.0)
     jpegs = _jpegs(128)
@@ -165,8 +169,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     offline = offline_throughput(args.bundle, args.backend, jpegs)
     runs: dict[str, Any] = {}
     configs = (
-        ("micro-batching", 32, args.workers),
-        ("no batching", 1, args.workers),
+        ("micro-batching", 32, args.processes),
+        ("no batching", 1, args.processes),
         ("one process", 32, 1),
     )
     for label, batch_max, workers in configs:
@@ -187,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.backend,
             "--batch-max",
             str(batch_max),
-            "--workers",
+            "--processes",
             str(workers),
         ]
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}

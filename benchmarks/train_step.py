@@ -34,16 +34,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from cropdoc.bundle import BundleMeta
 from cropdoc.config import OptimConfig, StageConfig
-from cropdoc.data.loaders import (
-    ImageDataset,
-    build_fast_train_transform,
-    default_workers,
-    make_loader,
-)
+from cropdoc.cpu import default_workers, torch_threads
+from cropdoc.data.augment import build_fast_train_transform
+from cropdoc.data.loaders import ImageDataset, make_loader
 from cropdoc.models import apply_policy, build, get_arch
-from cropdoc.training.precision import resolve_precision
-from cropdoc.training.run import probe_stage_precision
-from cropdoc.training.trainer import Trainer
+from cropdoc.preprocessing import Preprocessing
+from cropdoc.training.precision import PrecisionPlan, probe_stage_precision, resolve_precision
+from cropdoc.training.trainer import Trainer, cpu_threads
 
 from .common import emit, machine, median, ratio, samples
 
@@ -166,7 +163,9 @@ class Ours:
         self.fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
         model = build(arch, classes=12, weights="none").to(memory_format=torch.channels_last)
         meta = BundleMeta(
-            arch, [str(i) for i in range(12)], size, round(size * 1.14), spec.mean, spec.std
+            arch=arch,
+            classes=[str(i) for i in range(12)],
+            preprocessing=Preprocessing.for_size(size, mean=spec.mean, std=spec.std),
         )
         self.trainer = Trainer(
             self.fabric,
@@ -177,7 +176,7 @@ class Ours:
             meta=meta,
             freeze_bn_stats=True,  # the pretrained case: frozen BN layers in eval mode
             show_progress=False,
-            stage_precision={f"s{stage}": precision},
+            precision=PrecisionPlan(fabric="32-true", by_stage={f"s{stage}": precision}),
         )
         trainable, lr, backbone_lr = STAGES[stage]
         stage_cfg = StageConfig(
@@ -185,12 +184,17 @@ class Ours:
         )
         loader = make_loader(dataset, batch_size=batch, train=True)
         self.loader = self.fabric.setup_dataloaders(loader)
-        self.trainer.setup_stage(stage_cfg, steps_per_epoch=len(self.loader))
+        self.trainer.setup_stage(stage_cfg, 0, steps_per_epoch=len(self.loader))
         self.batch = batch
+        # The compute threads Trainer.fit runs this stage with.
+        self.threads = cpu_threads(self.fabric, self.loader, spec.gflops_224 * (size / 224) ** 2)
 
     def run(self) -> dict[str, float]:
         timed = _Timed(self.loader)
-        return _measure(lambda: self.trainer.train_one_epoch(timed, "bench"), timed, self.batch)
+        with torch_threads(self.threads):
+            return _measure(
+                lambda: self.trainer.train_one_epoch(timed, "bench"), timed, self.batch
+            )
 
 
 # ----------------------------------------------------------------------------- peak

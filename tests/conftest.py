@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from benchmarks.reliability.common import TINY_CONFIG
+from tests.helpers import TINY_CONFIG
 
 _PLANTVILLAGE_ENV = "CROPDOC_PLANTVILLAGE_MINI"
 
@@ -47,7 +47,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(**overrides):
     """A fast config: MobileNetV3-Small from scratch, 32 px, one epoch per stage, fp32.
 
-    The same recipe the fault scripts run (``benchmarks.reliability.common.TINY_CONFIG``).
+    The same recipe the fault scripts run (``tests.helpers.TINY_CONFIG``).
     """
     from cropdoc.config import load_config
 

@@ -13,6 +13,7 @@ from cropdoc import bundle as bundle_mod
 from cropdoc.bundle import BundleMeta, load_bundle, read_meta, save_bundle, update_meta
 from cropdoc.errors import BundleError
 from cropdoc.models import build
+from cropdoc.preprocessing import Preprocessing
 
 CLASSES = ["Tomato___healthy", "Tomato___Late_blight", "Potato___Early_blight"]
 
@@ -21,10 +22,7 @@ def _meta(**kw) -> BundleMeta:
     base = dict(
         arch="mobilenet_v3_small",
         classes=list(CLASSES),
-        image_size=32,
-        resize_size=36,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        preprocessing=Preprocessing(image_size=32, resize_size=36),
     )
     return BundleMeta(**{**base, **kw})
 
@@ -48,7 +46,14 @@ def test_round_trip_predicts_the_same(tmp_path: Path):
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model(x), model(x))
     data = json.loads((tmp_path / "model" / "model.json").read_text())
-    assert {"arch", "classes", "num_classes", "image_size", "mean", "std", "versions"} <= set(data)
+    assert {"arch", "classes", "num_classes", "preprocessing", "versions"} <= set(data)
+    assert data["preprocessing"] == {
+        "image_size": 32,
+        "resize_size": 36,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "interpolation": "bilinear",
+    }
     # A run directory works as well as its model/ folder.
     assert load_bundle(tmp_path).meta.arch == "mobilenet_v3_small"
 
@@ -124,3 +129,58 @@ def test_missing_bundle_and_update_meta(tmp_path: Path):
     meta = read_meta(tmp_path / "model")
     assert meta.temperature == 1.3 and meta.metrics["test"]["accuracy"] == 0.5
     load_bundle(tmp_path / "model")  # still consistent with its weights
+
+
+def test_update_meta_keeps_unknown_keys_and_refuses_unknown_fields(tmp_path: Path):
+    save_bundle(tmp_path / "model", _model(0), _meta())
+    path = tmp_path / "model" / "model.json"
+    data = json.loads(path.read_text())
+    data["from_a_newer_cropdoc"] = {"x": 1}
+    path.write_text(json.dumps(data))
+    update_meta(tmp_path / "model", temperature=1.2)
+    assert json.loads(path.read_text())["from_a_newer_cropdoc"] == {"x": 1}
+    with pytest.raises(BundleError, match="no field.*temprature"):
+        update_meta(tmp_path / "model", temprature=1.0)
+    with pytest.raises(BundleError, match="temperature"):
+        update_meta(tmp_path / "model", temperature=-1.0)
+    assert read_meta(tmp_path / "model").temperature == 1.2  # the bad update wrote nothing
+
+
+def test_format_1_model_json_is_read(tmp_path: Path):
+    """Bundles written before the typed metadata (flat sizes, details at the top level)."""
+    save_bundle(tmp_path / "model", _model(0), _meta())
+    path = tmp_path / "model" / "model.json"
+    data = json.loads(path.read_text())
+    pre = data.pop("preprocessing")
+    data.pop("training")
+    data.update(
+        format_version=1,
+        image_size=pre["image_size"],
+        resize_size=pre["resize_size"],
+        mean=pre["mean"],
+        std=pre["std"],
+        weights="imagenet",
+        balance="loss",
+        seed=7,
+        precision="bf16-mixed",
+    )
+    path.write_text(json.dumps(data))
+    meta = read_meta(tmp_path / "model")
+    assert meta.preprocessing == Preprocessing(image_size=32, resize_size=36)
+    assert (meta.training.weights, meta.training.balance, meta.training.seed) == (
+        "imagenet",
+        "loss",
+        7,
+    )
+    assert meta.training.precision == "bf16-mixed"
+    load_bundle(tmp_path / "model")
+
+
+def test_invalid_meta_names_the_field(tmp_path: Path):
+    save_bundle(tmp_path / "model", _model(0), _meta())
+    path = tmp_path / "model" / "model.json"
+    data = json.loads(path.read_text())
+    data["preprocessing"]["resize_size"] = 16  # smaller than the crop
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="preprocessing.*resize_size"):
+        read_meta(tmp_path / "model")

@@ -7,7 +7,8 @@ import pytest
 
 from cropdoc.bundle import read_meta
 from cropdoc.evaluation.calibration import calibrate, calibrate_run, fit_temperature
-from cropdoc.evaluation.metrics import expected_calibration_error, softmax
+from cropdoc.evaluation.metrics import expected_calibration_error
+from cropdoc.probabilities import softmax
 from test_evaluation import copy_run, trained_tiny_run
 
 
@@ -49,6 +50,6 @@ def test_calibrate_run_stores_temperature_and_plot(tmp_path_factory, tiny_data, 
     result = calibrate_run(run)
     meta = read_meta(run / "model")
     assert meta.temperature == pytest.approx(result.temperature)
-    assert meta.extra["calibration"]["nll_after"] <= meta.extra["calibration"]["nll_before"]
-    assert meta.extra["calibration"]["n"] == result.n > 0
+    assert meta.calibration["nll_after"] <= meta.calibration["nll_before"]
+    assert meta.calibration["n"] == result.n > 0
     assert (run / "calibration.png").read_bytes()[:4] == b"\x89PNG"

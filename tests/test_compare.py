@@ -10,7 +10,7 @@ import pytest
 
 from conftest import tiny_config
 from cropdoc.errors import ConfigError
-from cropdoc.evaluation.compare import compare, recommend
+from cropdoc.workflows import compare, recommend
 from test_evaluation import trained_tiny_run
 
 

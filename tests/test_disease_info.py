@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cropdoc.serve.diseases import disease_info, disease_table
+from cropdoc.diseases import disease_info, disease_table
 
 CLASSES = [
     "Pepper,_bell___Bacterial_spot",

@@ -12,15 +12,15 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from cropdoc.classnames import class_key, find_class, match_classes
 from cropdoc.errors import DataError
-from cropdoc.evaluation.classnames import class_key, find_class, match_classes
 from cropdoc.evaluation.metrics import (
     classification_report_text,
     compute_metrics,
     expected_calibration_error,
-    softmax,
     top_k_accuracy,
 )
+from cropdoc.probabilities import softmax
 
 CLASSES = ["A___x", "A___y", "B___x", "B___y", "C___z"]
 

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 from cropdoc.bundle import load_bundle, read_meta, update_meta
 from cropdoc.cli import app
 from cropdoc.data.split import SplitManifest
-from cropdoc.inference import ExportError, collect_images, export_int8, load_predictor
-from cropdoc.inference import export as export_module
-from cropdoc.inference.export import recorded_export
+from cropdoc.export import ExportError, ensure_export, export_int8
+from cropdoc.export import int8 as int8_module
+from cropdoc.inference import collect_images, load_predictor, recorded_export
 from test_predictor import copy_run, shared_tiny_run
 
 
@@ -38,7 +38,7 @@ def test_fp32_export_has_dynamic_batch_and_stored_figures(run: Path, tiny_data: 
     graph = onnx.load(str(path)).graph
     batch_dim = graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value
-    predictor = load_predictor(run / "model", backend="onnx", export_if_missing=False)
+    predictor = load_predictor(run / "model", backend="onnx")
     for n in (1, 3, 7):
         assert predictor.logits(torch.zeros(n, 3, 32, 32)).shape == (n, meta.num_classes)
 
@@ -101,7 +101,7 @@ def _disagreeing_quantizer(run: Path):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_int8_below_threshold_is_refused_unless_forced(run: Path, tmp_path: Path, monkeypatch):
     copy = copy_run(run, tmp_path / "run")
-    monkeypatch.setattr(export_module, "_quantize", _disagreeing_quantizer(copy))
+    monkeypatch.setattr(int8_module, "_quantize", _disagreeing_quantizer(copy))
     report = export_int8(copy / "model")
     assert not report.written and not report.verification.passed
     assert report.verification.top1_agreement < 0.99
@@ -134,8 +134,8 @@ def test_int8_falls_back_to_convolutions_only_when_the_fast_recipe_disagrees(
 
     copy = copy_run(run, tmp_path / "run")
     spec = dataclasses.replace(get_arch("mobilenet_v3_small"), int8_op_types=("Conv", "Mul"))
-    monkeypatch.setattr(export_module, "get_arch", lambda name: spec)
-    disagreeing, real = _disagreeing_quantizer(copy), export_module._quantize
+    monkeypatch.setattr(int8_module, "get_arch", lambda name: spec)
+    disagreeing, real = _disagreeing_quantizer(copy), int8_module._quantize
     calls: list[tuple[str, ...]] = []
 
     def quantize(fp32, target, calibration, workdir, op_types=("Conv",)):
@@ -143,7 +143,7 @@ def test_int8_falls_back_to_convolutions_only_when_the_fast_recipe_disagrees(
         quantizer = disagreeing if tuple(op_types) != ("Conv",) else real
         quantizer(fp32, target, calibration, workdir, op_types)
 
-    monkeypatch.setattr(export_module, "_quantize", quantize)
+    monkeypatch.setattr(int8_module, "_quantize", quantize)
     report = export_int8(copy / "model", force=False, min_agreement=0.5)
     assert calls == [("Conv", "Mul"), ("Conv",)]
     assert report.written and report.verification.top1_agreement >= 0.5
@@ -155,3 +155,15 @@ def test_int8_without_known_images_asks_for_calibration_data(run: Path, tmp_path
     shutil.copytree(run / "model", lone / "model")
     with pytest.raises(ExportError, match="--calibration"):
         export_int8(lone / "model")
+
+
+def test_ensure_export_never_makes_int8_and_rejects_unknown_backends(run: Path, tmp_path: Path):
+    copy = copy_run(run, tmp_path / "run")
+    if "onnx_int8" not in read_meta(copy).exports:
+        with pytest.raises(ExportError, match="--int8"):
+            ensure_export(copy / "model", "onnx-int8")
+    assert not (copy / "model" / "model.int8.onnx").exists()
+    assert ensure_export(copy / "model", "auto") is None
+    assert ensure_export(copy / "model", "onnx") == recorded_export(copy / "model")
+    with pytest.raises(ExportError, match="choose one of"):
+        ensure_export(copy / "model", "tensorrt")

@@ -30,6 +30,8 @@ EXPECTED = {
         "classifier.",
         ("features.9.", "features.10.", "features.11.", "features.12."),
     ),
+    # A derived timm spec: the wrapper's head, the last 3 of ResNet-18's 8 blocks.
+    "timm/resnet18": ("head.", ("backbone.layer3.1.", "backbone.layer4.")),
 }
 
 

@@ -14,17 +14,15 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
 from cropdoc.bundle import BundleMeta
+from cropdoc.cpu import compute_threads
+from cropdoc.data.augment import CropFlipRotate, FastTrainAugment
 from cropdoc.data.cache import DecodedCache
 from cropdoc.data.images import load_tensor
-from cropdoc.data.loaders import (
-    CropFlipRotate,
-    FastTrainAugment,
-    ImageDataset,
-    compute_threads,
-)
+from cropdoc.data.loaders import ImageDataset
 from cropdoc.data.transforms import build_eval_transform
-from cropdoc.inference.predictor import MicroBatcher, Predictor, _TorchRunner
+from cropdoc.inference import MicroBatcher, Predictor, TorchRunner
 from cropdoc.models import apply_policy, build, get_arch
+from cropdoc.preprocessing import Preprocessing
 
 
 def _photos(root: Path, n: int = 6) -> list[Path]:
@@ -52,10 +50,11 @@ def test_cached_pixels_equal_fresh_decode_then_resize(tmp_path: Path) -> None:
 
 def test_eval_pixels_identical_with_and_without_cache(tmp_path: Path) -> None:
     paths = _photos(tmp_path)
-    tf = build_eval_transform(128)  # resizes the shorter side to 146
+    pre = Preprocessing.for_size(128)
+    tf = build_eval_transform(pre)
     samples = [(p, 0) for p in paths]
     plain = ImageDataset(samples, tf)
-    cached = ImageDataset(samples, tf, cache_short_side=146)
+    cached = ImageDataset(samples, tf, cache_short_side=pre.resize_size)
     for i in range(len(paths)):
         assert torch.equal(plain[i][0], cached[i][0])
 
@@ -74,8 +73,11 @@ def test_cache_notices_changed_files_and_respects_its_bound(tmp_path: Path) -> N
 
 def test_cache_is_shared_with_loader_workers(tmp_path: Path) -> None:
     paths = _photos(tmp_path, 4)
+    pre = Preprocessing.for_size(64)
     ds = ImageDataset(
-        [(p, i) for i, p in enumerate(paths)], build_eval_transform(64), cache_short_side=73
+        [(p, i) for i, p in enumerate(paths)],
+        build_eval_transform(pre),
+        cache_short_side=pre.resize_size,
     )
     assert ds.cache is not None and ds.cache._data.is_shared()
     loader = DataLoader(ds, batch_size=2, num_workers=1)
@@ -177,14 +179,11 @@ def _tiny_predictor() -> Predictor:
     torch.manual_seed(0)
     model = build("mobilenet_v3_small", classes=4, weights="none").eval()
     meta = BundleMeta(
-        "mobilenet_v3_small",
-        ["a", "b", "c", "d"],
-        32,
-        37,
-        (0.485, 0.456, 0.406),
-        (0.229, 0.224, 0.225),
+        arch="mobilenet_v3_small",
+        classes=["a", "b", "c", "d"],
+        preprocessing=Preprocessing(image_size=32, resize_size=37),
     )
-    return Predictor(meta, _TorchRunner(model))
+    return Predictor(meta, TorchRunner(model))
 
 
 def test_micro_batching_returns_the_unbatched_results(tmp_path: Path) -> None:

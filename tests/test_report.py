@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 from cropdoc.bundle import read_meta
-from cropdoc.evaluation.finalize import finalize_run
 from cropdoc.evaluation.report import write_eval_report, write_train_report
+from cropdoc.workflows import finalize_run
 from test_evaluation import copy_run, trained_tiny_run
 
 

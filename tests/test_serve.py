@@ -2,11 +2,13 @@
 
 Every bad-upload kind must get its 4xx JSON answer, never a 500, and the server must keep
 serving good requests afterwards. The server log is checked for tracebacks at the end.
+Process sizing and the command's options are checked without a server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import re
@@ -15,10 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from benchmarks.reliability import common
 from PIL import Image
+from tests import helpers as common
+from typer.testing import CliRunner
 
-from cropdoc.inference import collect_images
+from cropdoc.bundle import read_meta
+from cropdoc.cli import app
+from cropdoc.errors import ConfigError
+from cropdoc.inference import BACKENDS, DEFAULT_BATCH_SIZE, Predictor, collect_images
+from cropdoc.serve import ServeSettings, plan_processes
 from test_predictor import shared_tiny_run
 
 MAX_UPLOAD_MB = 1
@@ -39,9 +46,9 @@ def run(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    # Two worker processes on one socket (the default on a 2-core machine, explicit here).
+    # Two processes on one socket (the default on a 2-core machine, explicit here).
     args = ("--backend", "onnx", "--max-upload-mb", str(MAX_UPLOAD_MB), "--max-files", "4")
-    args += ("--workers", "2")
+    args += ("--processes", "2")
     with running_server(run / "model", log, *args) as url:
         yield url, log
 
@@ -67,12 +74,15 @@ def test_health_and_model(server, run: Path):
     assert health["status"] == "ok" and health["backend"] == "onnx"
     model = httpx.get(f"{url}/model").json()
     assert model["arch"] == "mobilenet_v3_small"
-    assert model["image_size"] == 32 and model["num_classes"] == len(model["classes"]) == 4
+    assert model["num_classes"] == len(model["classes"]) == 4
+    # The bundle's preprocessing as stored, not sizes re-derived from a ratio.
+    assert model["preprocessing"] == read_meta(run).preprocessing.model_dump(mode="json")
+    assert model["preprocessing"]["image_size"] == 32
     assert model["classes"][0] == "Tomato___Early_blight"
     assert "test" in model["metrics"] and model["versions"]["torch"]
     assert model["exports"]["onnx"]["passed"] is True
     log = " ".join(server[1].read_text().split())
-    assert "with 2 worker process(es)" in log and "Started parent process" in log
+    assert "with 2 process(es)" in log and "Started parent process" in log
 
 
 def test_docs_and_page_are_served_without_external_assets(server):
@@ -196,3 +206,48 @@ def test_server_keeps_serving_after_bad_uploads(server, leaves: list[Path]):
     assert httpx.get(f"{url}/health").status_code == 200
     text = log.read_text(errors="replace")
     assert "Traceback" not in text and " 500 " not in text
+
+
+@pytest.mark.parametrize(
+    ("requested", "cpus", "processes", "threads"),
+    [
+        (0, 2, 2, 1),  # one per core ...
+        (None, 16, 4, 4),  # ... at most four, sharing the cores
+        (0, 1, 1, None),  # a lone process keeps the libraries' own thread choice
+        (3, 2, 3, 1),  # asked for: never fewer than one thread each
+    ],
+)
+def test_process_plan(requested, cpus: int, processes: int, threads):
+    plan = plan_processes(requested, cpus=cpus)
+    assert (plan.processes, plan.threads) == (processes, threads)
+
+
+def test_negative_processes_are_refused():
+    with pytest.raises(ConfigError, match="--processes"):
+        plan_processes(-1, cpus=2)
+
+
+def test_serve_options_workers_mean_loader_workers_only():
+    runner = CliRunner()
+    res = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0
+    assert "--processes" in res.stdout and "--workers" not in res.stdout
+    assert "auto|torch|onnx|onnx-int8" in res.stdout and "auto|cpu|cuda|mps" in res.stdout
+    assert "<str>" not in res.stdout and "<float>" not in res.stdout
+    res = runner.invoke(app, ["serve", "model", "--workers", "2"])
+    assert res.exit_code == 2 and "No such option" in res.output
+
+
+def test_predict_and_serve_share_their_defaults():
+    from cropdoc.cli import deploy, options
+
+    def defaults(fn) -> dict[str, object]:
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    predict, serve = defaults(deploy.predict), defaults(deploy.serve)
+    assert [b.value for b in deploy.Backend] == list(BACKENDS)
+    assert predict["backend"] == serve["backend"] == deploy.Backend.auto
+    assert predict["device"] == serve["device"] == options.Device.auto
+    assert predict["top_k"] == serve["top_k"]
+    batch = defaults(Predictor.predict)["batch_size"]
+    assert batch == ServeSettings().batch_max == DEFAULT_BATCH_SIZE

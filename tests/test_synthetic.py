@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cropdoc.data.scan import scan_folder
+from cropdoc.data.split import group_keys
 from cropdoc.data.synthetic import DEMO_CLASSES, MARKER_NAME, generate_dataset
 from cropdoc.errors import ConfigError, DataError
 
@@ -137,10 +139,8 @@ def test_bad_parameters_raise_config_error(tmp_path: Path, kwargs, match) -> Non
 
 
 def test_the_grouped_split_sees_repeat_photos_as_one_leaf(demo: Path) -> None:
-    split = pytest.importorskip("cropdoc.data.split")
-    scan = pytest.importorskip("cropdoc.data.scan")
-    report = scan.scan_folder(demo)
-    keys = split.group_keys(report)
+    report = scan_folder(demo)
+    keys = group_keys(report)
     expected = [f"{s.class_name}/{NAME.match(s.path.name).group(1)}" for s in report.samples]
     # Same partition of the images as the leaf ids in the names (key spelling is split's).
     by_key: dict[str, set[str]] = defaultdict(set)

@@ -13,8 +13,8 @@ from conftest import tiny_config
 from cropdoc.bundle import load_bundle, read_meta
 from cropdoc.errors import ConfigError
 from cropdoc.training import trainer as trainer_mod
-from cropdoc.training.run import train
 from cropdoc.training.trainer import HISTORY_COLUMNS
+from cropdoc.workflows import train
 
 RUN_FILES = [
     "config.yaml",
@@ -52,7 +52,8 @@ def test_tiny_three_stage_run_writes_every_file(tiny_data: Path, tmp_path: Path)
     meta = read_meta(run / "model")
     assert meta.arch == "mobilenet_v3_small"
     assert meta.classes == json.loads((run / "split.json").read_text())["classes"]
-    assert meta.image_size == 32 and meta.best["val_f1"] == pytest.approx(result.best_val_f1)
+    assert meta.preprocessing.image_size == 32
+    assert meta.best["val_f1"] == pytest.approx(result.best_val_f1)
     assert set(meta.metrics["test"]) >= {"accuracy", "macro_f1"}
     assert [s["trainable"] for s in meta.recipe] == ["head", "partial", "all"]
 
@@ -146,13 +147,12 @@ def test_same_seed_same_history_and_balance_is_recorded(tiny_data, tmp_path):
         for key in ("train_loss", "val_loss", "val_f1"):
             assert float(ra[key]) == pytest.approx(float(rb[key]), rel=1e-6), key
     assert "balance: loss" in (tmp_path / "a" / "config.yaml").read_text()
-    assert read_meta(tmp_path / "a" / "model").extra["balance"] == "loss"
+    assert read_meta(tmp_path / "a" / "model").training.balance == "loss"
 
 
 def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, monkeypatch):
     """A frozen backbone and full training can differ in their faster precision."""
     from cropdoc.training import precision as precision_mod
-    from cropdoc.training import run as run_mod
 
     monkeypatch.setattr(precision_mod, "cpu_supports_bf16", lambda: True)
     probed: list[str] = []
@@ -163,7 +163,7 @@ def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, m
         probed.append(key)
         return "bf16-mixed" if not all(trainable) else "32-true"
 
-    monkeypatch.setattr(run_mod, "probe_cpu_precision", fake_probe)
+    monkeypatch.setattr(precision_mod, "probe_cpu_precision", fake_probe)
     seen: list[tuple[str, bool]] = []  # (stage name, autocast on?) per training forward
     real_epoch = trainer_mod.Trainer.train_one_epoch
 

@@ -6,16 +6,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from torchvision.transforms import v2
 
-from cropdoc.data.transforms import (
-    EVAL_RESIZE_RATIO,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_eval_transform,
-    build_train_transform,
-)
+from cropdoc.data.transforms import build_eval_transform, build_train_transform
 from cropdoc.errors import ConfigError
+from cropdoc.preprocessing import EVAL_RESIZE_RATIO, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
 def _uint8_tensor(h: int = 120, w: int = 100, seed: int = 0) -> torch.Tensor:
@@ -27,8 +23,12 @@ def _pil(h: int = 120, w: int = 100, seed: int = 0) -> Image.Image:
     return Image.fromarray(_uint8_tensor(h, w, seed).permute(1, 2, 0).numpy(), mode="RGB")
 
 
+def _eval(image_size: int, **kwargs) -> v2.Compose:
+    return build_eval_transform(Preprocessing.for_size(image_size, **kwargs))
+
+
 @pytest.mark.parametrize("make_input", [_uint8_tensor, _pil], ids=["uint8-tensor", "pil"])
-@pytest.mark.parametrize("build", [build_train_transform, build_eval_transform])
+@pytest.mark.parametrize("build", [build_train_transform, _eval], ids=["train", "eval"])
 def test_output_shape_dtype_and_normalisation(make_input, build) -> None:
     torch.manual_seed(0)
     out = build(64)(make_input())
@@ -82,7 +82,7 @@ def test_train_transform_has_the_seeds_nine_steps_with_exact_parameters() -> Non
 
 def test_custom_mean_std_are_used() -> None:
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    for build in (build_train_transform, build_eval_transform):
+    for build in (build_train_transform, _eval):
         norms = [t for t in build(32, mean=mean, std=std).transforms if isinstance(t, v2.Normalize)]
         assert len(norms) == 1
         assert tuple(norms[0].mean) == mean and tuple(norms[0].std) == std
@@ -98,7 +98,7 @@ def test_train_transform_is_random() -> None:
 
 
 def test_eval_transform_is_deterministic_and_sizes_are_right() -> None:
-    t = build_eval_transform(224)
+    t = _eval(224)
     resize, crop, _, _ = t.transforms
     assert isinstance(resize, v2.Resize) and list(resize.size) == [round(224 * EVAL_RESIZE_RATIO)]
     assert list(resize.size) == [255]
@@ -117,13 +117,31 @@ def test_eval_transform_matches_between_pil_and_tensor_input() -> None:
     # Loaders decode to tensors, predict() may get PIL images: both must see the same thing.
     img = _pil(90, 110, seed=3)
     tensor = torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous()
-    t = build_eval_transform(64)
+    t = _eval(64)
     assert torch.allclose(t(img), t(tensor), atol=0.1)
 
 
-def test_eval_resize_ratio_custom() -> None:
-    resize = build_eval_transform(100, resize_ratio=1.0).transforms[0]
-    assert list(resize.size) == [100]
+def test_eval_transform_uses_every_preprocessing_field() -> None:
+    pre = Preprocessing(
+        image_size=40,
+        resize_size=52,
+        mean=(0.1, 0.2, 0.3),
+        std=(0.4, 0.5, 0.6),
+        interpolation="bicubic",
+    )
+    resize, crop, _, norm = build_eval_transform(pre).transforms
+    assert list(resize.size) == [52] and resize.interpolation == v2.InterpolationMode.BICUBIC
+    assert list(crop.size) == [40, 40]
+    assert tuple(norm.mean) == pre.mean and tuple(norm.std) == pre.std
+
+
+@pytest.mark.parametrize("image_size", [32, 64, 100, 224])
+def test_for_size_derives_the_resize_side_from_the_ratio(image_size: int) -> None:
+    assert Preprocessing.for_size(image_size).resize_size == round(image_size * EVAL_RESIZE_RATIO)
+    assert Preprocessing.for_size(image_size, resize_ratio=1.0).resize_size == image_size
+    assert Preprocessing.for_size(image_size, resize_ratio=1.5).resize_size == round(
+        image_size * 1.5
+    )
 
 
 @pytest.mark.parametrize(
@@ -140,6 +158,16 @@ def test_bad_arguments_raise_config_error(kwargs) -> None:
         build_train_transform(**kwargs)
 
 
-def test_eval_rejects_ratio_below_one() -> None:
-    with pytest.raises(ConfigError, match="resize_ratio"):
-        build_eval_transform(64, resize_ratio=0.9)
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"image_size": 64, "resize_size": 57},  # resize smaller than the crop
+        {"image_size": 0, "resize_size": 10},
+        {"image_size": 64, "resize_size": 73, "std": (0.2, 0.0, 0.2)},
+        {"image_size": 64, "resize_size": 73, "mean": (0.5, 0.5)},
+        {"image_size": 64, "resize_size": 73, "interpolation": "lanczos"},
+    ],
+)
+def test_preprocessing_rejects_what_no_eval_transform_can_do(fields) -> None:
+    with pytest.raises(ValidationError):
+        Preprocessing(**fields)

@@ -19,23 +19,26 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import __version__
 from .errors import BundleError, CropdocError
-from .io import file_sha256
+from .io import atomic_write_json, file_sha256
+from .preprocessing import Preprocessing
+from .version import __version__
 
 __all__ = [
     "Bundle",
     "BundleMeta",
+    "TrainingInfo",
     "load_bundle",
     "read_meta",
     "resolve_bundle_dir",
@@ -45,60 +48,93 @@ __all__ = [
 
 _logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "model.json"
 
 
-@dataclass
-class BundleMeta:
-    """What ``model.json`` holds. Unknown keys from newer versions are kept in ``extra``."""
+def _problems(e: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or META_FILE}: {err['msg']}" for err in e.errors()
+    )
+
+
+class TrainingInfo(BaseModel):
+    """How the bundle's weights were trained (shown in reports, reproduced by ``--config``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    weights: str = "none"
+    balance: str = "none"
+    seed: int | None = None
+    #: The precision plan's description: ``bf16-mixed``, or per stage when they differ.
+    precision: str = ""
+
+
+class BundleMeta(BaseModel):
+    """What ``model.json`` holds, validated on read and write.
+
+    Unknown keys (a newer cropdoc's) are kept and written back unchanged. Format 1 files
+    (flat ``image_size``/``resize_size``/``mean``/``std``, training details at the top
+    level) are read as format 2.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     arch: str
-    classes: list[str]
-    image_size: int
-    resize_size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    temperature: float = 1.0
-    recipe: list[dict[str, Any]] = field(default_factory=list)
-    best: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    exports: dict[str, Any] = field(default_factory=dict)
-    versions: dict[str, str] = field(default_factory=dict)
+    classes: list[str] = Field(min_length=1)
+    preprocessing: Preprocessing
+    temperature: float = Field(1.0, gt=0)
+    calibration: dict[str, Any] | None = None
+    training: TrainingInfo = TrainingInfo()
+    recipe: list[dict[str, Any]] = Field(default_factory=list)
+    best: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    exports: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    versions: dict[str, str] = Field(default_factory=dict)
     created: str = ""
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        d = dict(data)
+        n = d.pop("num_classes", None)
+        if n is not None and isinstance(d.get("classes"), list) and n != len(d["classes"]):
+            raise ValueError(f"num_classes={n} but {len(d['classes'])} class names are listed")
+        if "preprocessing" not in d and "image_size" in d:  # format 1
+            d["preprocessing"] = {
+                k: d.pop(k) for k in ("image_size", "resize_size", "mean", "std") if k in d
+            }
+            d["training"] = {
+                k: d.pop(k) for k in ("weights", "balance", "seed", "precision") if k in d
+            }
+            d["format_version"] = FORMAT_VERSION
+        return d
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
-        d["mean"], d["std"] = list(self.mean), list(self.std)
+        d = self.model_dump(mode="json")
         d["num_classes"] = self.num_classes
-        d.update(self.extra)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BundleMeta:
-        known = set(cls.__dataclass_fields__) - {"extra"}
-        required = {"arch", "classes", "image_size", "resize_size", "mean", "std"}
-        missing = sorted(required - d.keys())
-        if missing:
-            raise BundleError(f"{META_FILE} lacks required field(s): {', '.join(missing)}")
-        kwargs = {k: d[k] for k in known if k in d}
-        kwargs["mean"], kwargs["std"] = tuple(d["mean"]), tuple(d["std"])
-        extra = {k: v for k, v in d.items() if k not in known and k != "num_classes"}
-        meta = cls(**kwargs, extra=extra)
-        if "num_classes" in d and d["num_classes"] != meta.num_classes:
-            raise BundleError(
-                f"{META_FILE} says num_classes={d['num_classes']} but lists "
-                f"{meta.num_classes} class names"
-            )
-        return meta
+        """Validate a ``model.json`` mapping.
+
+        Raises:
+            BundleError: a missing or invalid field, named.
+        """
+        try:
+            return cls.model_validate(d)
+        except ValidationError as e:
+            raise BundleError(f"{META_FILE} is invalid: {_problems(e)}") from e
 
 
 @dataclass
@@ -199,16 +235,21 @@ def read_meta(path: str | os.PathLike[str]) -> BundleMeta:
 
 
 def update_meta(path: str | os.PathLike[str], **changes: Any) -> BundleMeta:
-    """Update fields of ``model.json`` atomically (metrics, temperature, exports)."""
-    from .io import atomic_write_json
+    """Update fields of ``model.json`` atomically (metrics, temperature, exports).
 
+    Raises:
+        BundleError: an unknown field, an invalid value, or a failed write (the previous
+            file is kept).
+    """
     folder = resolve_bundle_dir(path)
     meta = read_meta(folder)
-    for key, value in changes.items():
-        if key in BundleMeta.__dataclass_fields__:
-            setattr(meta, key, value)
-        else:
-            meta.extra[key] = value
+    unknown = sorted(set(changes) - set(BundleMeta.model_fields))
+    if unknown:
+        raise BundleError(f"{META_FILE} has no field(s) {', '.join(unknown)}")
+    try:
+        meta = BundleMeta.model_validate({**meta.to_dict(), **changes})
+    except ValidationError as e:
+        raise BundleError(f"invalid {META_FILE} update: {_problems(e)}") from e
     try:
         atomic_write_json(folder / META_FILE, meta.to_dict())
     except OSError as e:

@@ -23,8 +23,10 @@ __all__ = [
     "RuntimeConfig",
     "StageConfig",
     "TrainConfig",
+    "TRAIN_OPTIONS",
     "load_config",
     "merge_overrides",
+    "options_to_overrides",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -115,6 +117,12 @@ class TrainConfig(_Strict):
     weights: str = "imagenet"
     recipe: Literal["auto", "three-stage", "scratch"] = "auto"
     stage_epochs: list[int] | None = None
+    stage_lrs: list[float] | None = Field(
+        None, description="head learning rate per stage (the recipe's otherwise)"
+    )
+    backbone_lr: float | None = Field(
+        None, gt=0, description="backbone learning rate of the stages that set one"
+    )
     stages: list[StageConfig] | None = None
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
@@ -124,6 +132,8 @@ class TrainConfig(_Strict):
     def _check_stage_epochs(self) -> TrainConfig:
         if self.stage_epochs is not None and any(e < 0 for e in self.stage_epochs):
             raise ValueError(f"stage epochs must be >= 0, got {self.stage_epochs}")
+        if self.stage_lrs is not None and any(lr <= 0 for lr in self.stage_lrs):
+            raise ValueError(f"stage learning rates must be > 0, got {self.stage_lrs}")
         return self
 
     def to_yaml(self) -> str:
@@ -206,3 +216,54 @@ def load_config(
     except ValidationError as e:
         raise ConfigError(f"invalid configuration in {path}: {_format_validation_error(e)}") from e
     return merge_overrides(config, overrides or {})
+
+
+#: The flat training options of :func:`cropdoc.train` and ``cropdoc train`` / ``compare``,
+#: and where each lives in :class:`TrainConfig`. One table, so the Python API and the CLI
+#: accept the same names with the same meaning.
+TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
+    "arch": ("arch",),
+    "weights": ("weights",),
+    "recipe": ("recipe",),
+    "stage_epochs": ("stage_epochs",),
+    "stage_lrs": ("stage_lrs",),
+    "backbone_lr": ("backbone_lr",),
+    "image_size": ("data", "image_size"),
+    "batch_size": ("data", "batch_size"),
+    "workers": ("data", "workers"),
+    "balance": ("data", "balance"),
+    "split": ("data", "split"),
+    "classes": ("data", "classes"),
+    "weight_decay": ("optim", "weight_decay"),
+    "label_smoothing": ("optim", "label_smoothing"),
+    "patience": ("optim", "patience"),
+    "device": ("runtime", "accelerator"),
+    "devices": ("runtime", "devices"),
+    "precision": ("runtime", "precision"),
+    "seed": ("runtime", "seed"),
+    "deterministic": ("runtime", "deterministic"),
+}
+
+
+def options_to_overrides(**options: Any) -> dict[str, Any]:
+    """Turn flat training options (:data:`TRAIN_OPTIONS`) into a nested config override.
+
+    ``None`` means "not given" and is dropped by :func:`merge_overrides`.
+
+    Raises:
+        ConfigError: an unknown option, named with the known ones.
+    """
+    unknown = sorted(set(options) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown training option(s) {', '.join(unknown)}; known: "
+            f"{', '.join(sorted(TRAIN_OPTIONS))}"
+        )
+    nested: dict[str, Any] = {}
+    for name, value in options.items():
+        *parents, leaf = TRAIN_OPTIONS[name]
+        target = nested
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = list(value) if isinstance(value, tuple) and name != "split" else value
+    return nested

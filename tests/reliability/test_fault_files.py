@@ -1,6 +1,6 @@
 """Reliability items 1, 3, 4 at CI size: bad images, disk full, hostile model files.
 
-The figures come from ``benchmarks/reliability`` (the same code ``run_all --full`` runs);
+The figures come from the scripts next to this file (the same code ``run_all --full`` runs);
 these tests print them (``pytest -s``) and assert the bars. Single cases already tested
 elsewhere (``test_images``, ``test_bundle``, ``test_weights``, ``test_training_units``)
 are not repeated as tests: here they are counted together, as the issue's figures ask.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchmarks.reliability import bad_images, disk_full, hostile_files
-from benchmarks.reliability.common import emit
+from tests.helpers import emit
+from tests.reliability import bad_images, disk_full, hostile_files
 
 from test_predictor import shared_tiny_run
 

@@ -3,7 +3,7 @@
 clients (errors = 0, RSS growth after warm-up < 50 MB). Latency is printed, not asserted.
 
 Full size (600 fuzzed; 1,000 requests from 32 clients):
-``python -m benchmarks.reliability.uploads --full``.
+``python -m tests.reliability.uploads --full``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from benchmarks.reliability import uploads
-from benchmarks.reliability.common import emit
+from tests.helpers import emit
+from tests.reliability import uploads
 
 from test_predictor import shared_tiny_run
 

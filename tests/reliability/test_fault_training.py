@@ -2,7 +2,7 @@
 a NaN loss stops training clearly and keeps the best bundle.
 
 All five kill points and DDP parity run at full size with
-``python -m benchmarks.reliability.run_all --full`` (see RELIABILITY.md); the reference
+``python -m tests.reliability.run_all --full`` (see RELIABILITY.md); the reference
 run here is the session's shared tiny run (same data, same config), so it costs nothing.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from benchmarks.reliability import kill_resume, numerics
-from benchmarks.reliability.common import emit, write_config
+from tests.helpers import emit, write_config
+from tests.reliability import kill_resume, numerics
 
 from test_predictor import shared_tiny_run
 

@@ -15,8 +15,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from .. import __version__
 from ..errors import CropdocError
+from ..version import __version__
 
 __all__ = [
     "app",
@@ -24,7 +24,6 @@ __all__ = [
     "data_app",
     "main",
     "out",
-    "parse_floats",
     "progress_callback",
     "scan_progress",
 ]
@@ -38,7 +37,7 @@ app = typer.Typer(
     name="cropdoc",
     help="Train, evaluate and deploy crop-disease image classifiers.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 data_app = typer.Typer(help="Look at a dataset before training on it.", no_args_is_help=True)
@@ -100,18 +99,6 @@ def progress_callback(label: str):
 def scan_progress():
     """The bar shown while a dataset folder is checked image by image."""
     return progress_callback("scanning images")
-
-
-def parse_floats(text: str | None, name: str, n: int | None = None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise typer.BadParameter(f"{name} must be comma-separated numbers, got {text!r}") from e
-    if n is not None and len(values) != n:
-        raise typer.BadParameter(f"{name} needs {n} comma-separated numbers, got {text!r}")
-    return values
 
 
 def main() -> None:

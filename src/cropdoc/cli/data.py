@@ -14,12 +14,15 @@ from .app import data_app, out, scan_progress
 # --------------------------------------------------------------------------- data inspect
 @data_app.command("inspect")
 def data_inspect(
-    data: Annotated[Path, typer.Argument(help="Dataset folder: one sub-folder per class.")],
+    data: Annotated[
+        Path, typer.Argument(metavar="DATA", help="Dataset folder: one sub-folder per class.")
+    ],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Write plots and JSON here.")
+        Path | None, typer.Option("--out", metavar="DIR", help="Write plots and JSON here.")
     ] = None,
     classes: Annotated[
-        str | None, typer.Option(help="Only these classes (comma-separated).")
+        str | None,
+        typer.Option(metavar="NAMES", help="Only these class folders (comma-separated)."),
     ] = None,
 ) -> None:
     """Counts, bad files, image sizes, duplicates and leaf groups; optional plots."""

@@ -1,21 +1,61 @@
-"""``cropdoc predict``, ``cropdoc export`` and ``cropdoc serve``."""
+"""``cropdoc predict``, ``cropdoc export`` and ``cropdoc serve``.
+
+Choices are enums, so ``--help`` lists them and the shell completes them. ``predict`` and
+``serve`` share their defaults: backend ``auto``, 32 images per forward pass, device
+``auto`` (as ``evaluate``'s). ``--workers`` means loader workers everywhere in cropdoc;
+server processes are ``--processes``. Options the library has a default for default to
+None here, so that default is written once, in the library.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import os
 import sys
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import CropdocError
 from .app import app, console, out
+from .options import Device
 
-__all__ = ["export", "predict", "serve"]
+__all__ = ["Backend", "ExportFormat", "export", "predict", "serve"]
+
+
+class Backend(StrEnum):
+    """Who computes the logits (:data:`cropdoc.inference.BACKENDS`)."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+class ExportFormat(StrEnum):
+    """What ``cropdoc export`` writes."""
+
+    onnx = "onnx"
+
+
+# --------------------------------------------------------------------------- options
+Bundle = Annotated[
+    Path, typer.Argument(help="Model bundle (a run's model/ folder).", metavar="BUNDLE")
+]
+BackendOpt = Annotated[
+    Backend,
+    typer.Option(
+        help="auto: onnx when the bundle has an up-to-date export (cropdoc export) and "
+        "the device is the CPU, else torch. onnx exports the bundle first when needed."
+    ),
+]
+DeviceOpt = Annotated[
+    Device, typer.Option(help="Where the torch backend computes (auto: CUDA, MPS, CPU).")
+]
+TopK = Annotated[int, typer.Option("--top-k", help="Classes per image.", metavar="K")]
 
 # Exporter and quantizer internals log at INFO; users need our summary, not theirs.
 _NOISY = ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo")
@@ -26,6 +66,20 @@ def _quiet_exporters() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (None: leave the library's default)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _load(bundle: Path, backend: Backend, device: Device, threads: int | None = None):
+    """Export when the chosen ONNX backend needs it (logged), then load the predictor."""
+    from ..api import load
+
+    _quiet_exporters()
+    return load(bundle, backend=backend.value, device=device.value, threads=threads).predictor
+
+
+# --------------------------------------------------------------------------- predict
 def _progress(total: int):
     """A rich progress callback for many images; None for a handful."""
     if total < 8:
@@ -43,43 +97,12 @@ def _progress(total: int):
     return bar, lambda done, _total: bar.update(task, completed=done)
 
 
-# --------------------------------------------------------------------------- predict
-@app.command()
-def predict(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle (a run's model/ folder).")],
-    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders (recursive).")],
-    top_k: Annotated[int, typer.Option("--top-k", help="Classes per image.")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
-    backend: Annotated[str, typer.Option(help="torch | onnx | onnx-int8")] = "torch",
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-) -> None:
-    """Predict the disease in leaf photos; a bad file gets an error entry, the rest continue.
-
-    Exits with 1 only when no image could be predicted.
-    """
-    from ..inference import collect_images, load_predictor
-
-    if as_json and as_csv:
-        raise typer.BadParameter("choose one of --json and --csv")
-    _quiet_exporters()
-    images = collect_images(paths)
-    if not images:
-        raise typer.BadParameter("no images found in the given paths")
-    predictor = load_predictor(bundle, backend=backend)
-    bar, callback = _progress(len(images))
-    if bar is not None:
-        bar.start()
-    try:
-        results = predictor.predict(images, top_k=top_k, batch_size=batch_size, progress=callback)
-    finally:
-        if bar is not None:
-            bar.stop()
-
+def _print_results(results, *, top_k: int, as_json: bool, as_csv: bool) -> None:
     if as_json:
         for r in results:
             typer.echo(json.dumps(r.to_dict()))
-    elif as_csv:
+        return
+    if as_csv:
         writer = csv.writer(sys.stdout)
         header = ["path", "class", "probability"]
         for i in range(2, top_k + 1):
@@ -91,14 +114,55 @@ def predict(
                 s = r.top[i] if i < len(r.top) else None
                 row += [s.name, f"{s.probability:.6f}"] if s else ["", ""]
             writer.writerow([*row, r.error or ""])
-    else:
-        for r in results:
-            if r.best is None:
-                out.print(f"{r.source}  [red]error:[/] {r.error}", highlight=False, soft_wrap=True)
-                continue
-            others = ", ".join(f"{s.label} {s.probability:.1%}" for s in r.top[1:])
-            line = f"{r.source}  [bold]{r.best.label}[/] {r.best.probability:.1%}"
-            out.print(line + (f"  ({others})" if others else ""), highlight=False, soft_wrap=True)
+        return
+    for r in results:
+        if r.best is None:
+            out.print(f"{r.source}  [red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+            continue
+        others = ", ".join(f"{s.label} {s.probability:.1%}" for s in r.top[1:])
+        line = f"{r.source}  [bold]{r.best.label}[/] {r.best.probability:.1%}"
+        out.print(line + (f"  ({others})" if others else ""), highlight=False, soft_wrap=True)
+
+
+@app.command()
+def predict(
+    bundle: Bundle,
+    paths: Annotated[
+        list[Path],
+        typer.Argument(help="Image files and/or folders (recursive).", metavar="IMAGE|DIR..."),
+    ],
+    top_k: TopK = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV with a header row.")] = False,
+    backend: BackendOpt = Backend.auto,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Images per forward pass (default: 32).", metavar="N")
+    ] = None,
+    device: DeviceOpt = Device.auto,
+) -> None:
+    """Predict the disease in leaf photos; a bad file gets an error entry, the rest continue.
+
+    Exits with 1 only when no image could be predicted.
+    """
+    from ..inference import collect_images
+
+    if as_json and as_csv:
+        raise typer.BadParameter("choose one of --json and --csv")
+    images = collect_images(paths)
+    if not images:
+        raise typer.BadParameter("no images found in the given paths")
+    predictor = _load(bundle, backend, device)
+    bar, callback = _progress(len(images))
+    if bar is not None:
+        bar.start()
+    try:
+        results = predictor.predict(
+            images, top_k=top_k, progress=callback, **_given(batch_size=batch_size)
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    _print_results(results, top_k=top_k, as_json=as_json, as_csv=as_csv)
     failed = sum(not r.ok for r in results)
     if failed:
         console.print(f"{failed} of {len(results)} image(s) could not be read", highlight=False)
@@ -129,126 +193,131 @@ def _print_report(report) -> None:
 
 @app.command()
 def export(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle (a run's model/ folder).")],
-    format: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    bundle: Bundle,
+    format: Annotated[ExportFormat, typer.Option("--format", help="What to write.")] = (
+        ExportFormat.onnx
+    ),
     int8: Annotated[bool, typer.Option("--int8", help="Also quantize to INT8.")] = False,
     calibration: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Images (files/folders) to verify on and calibrate INT8 with "
-            " (default: the run's val split)"
+            help="Images (files or folders; repeatable) to verify on and calibrate INT8 with "
+            "(default: the run's val split).",
+            metavar="IMAGE|DIR",
         ),
     ] = None,
     out_path: Annotated[
         Path | None,
-        typer.Option("--out", help="Output .onnx path (default: model.onnx in the bundle)."),
+        typer.Option(
+            "--out", help="Output .onnx path (default: model.onnx in the bundle).", metavar="FILE"
+        ),
     ] = None,
     min_agreement: Annotated[
-        float, typer.Option(help="Minimum INT8 top-1 agreement with torch.")
-    ] = 0.99,
+        float | None,
+        typer.Option(help="Minimum INT8 top-1 agreement with torch (default: 0.99).", metavar="P"),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Write files that fail verification.")] = False,
 ) -> None:
     """Export to ONNX with a dynamic batch axis (and INT8), verified against PyTorch."""
-    from ..inference import export_int8, export_onnx
+    from ..api import load
 
-    if format.lower() != "onnx":
-        raise typer.BadParameter(f"unknown format {format!r}; the supported format is onnx")
     _quiet_exporters()
+    model = load(bundle)
     fp32_out = None if int8 else out_path
-    report = export_onnx(bundle, out=fp32_out, data=calibration, force=force)
+    report = model.export("onnx", out=fp32_out, images=calibration, force=force)
     _print_report(report)
-    if int8:
-        q = export_int8(
-            bundle, calibration=calibration, out=out_path, min_agreement=min_agreement, force=force
+    if not int8:
+        return
+    q = model.export(
+        "onnx",
+        int8=True,
+        images=calibration,
+        out=out_path,
+        force=force,
+        min_agreement=min_agreement,
+    )
+    _print_report(q)
+    if not q.written:
+        console.print(
+            f"[bold red]error:[/] INT8 top-1 agreement {q.verification.top1_agreement:.2%} "
+            f"is below {q.verification.threshold:.2%}; not written. Calibrate on more "
+            "representative images (--calibration DATA) or pass --force to keep it anyway",
+            highlight=False,
         )
-        _print_report(q)
-        if not q.written:
-            console.print(
-                f"[bold red]error:[/] INT8 top-1 agreement {q.verification.top1_agreement:.2%} "
-                f"is below {min_agreement:.2%}; not written. Calibrate on more representative "
-                "images (--calibration DATA) or pass --force to keep it anyway",
-                highlight=False,
-            )
-            raise typer.Exit(1)
+        raise typer.Exit(1)
 
 
 # --------------------------------------------------------------------------- serve
 @app.command()
 def serve(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle (a run's model/ folder).")],
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    backend: Annotated[str, typer.Option(help="onnx | onnx-int8 | torch")] = "onnx",
-    max_upload_mb: Annotated[float, typer.Option(help="Largest accepted image, MiB.")] = 10.0,
-    max_files: Annotated[int, typer.Option(help="Most images per request.")] = 8,
-    low_confidence: Annotated[
-        float, typer.Option(help="Flag results below this top-1 probability.")
-    ] = 0.7,
-    top_k: Annotated[int, typer.Option("--top-k", help="Classes per image.")] = 3,
-    batch_max: Annotated[
-        int, typer.Option(help="Most images merged into one forward pass across requests.")
-    ] = 32,
-    batch_wait_ms: Annotated[
-        float, typer.Option(help="How long a request waits for others to share its pass.")
-    ] = 5.0,
-    workers: Annotated[
+    bundle: Bundle,
+    host: Annotated[str, typer.Option(help="Interface to listen on.", metavar="HOST")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.", metavar="PORT")] = 8000,
+    backend: BackendOpt = Backend.auto,
+    device: DeviceOpt = Device.auto,
+    processes: Annotated[
         int,
         typer.Option(
-            help="Server processes sharing the port (0: one per core, at most 4). Each "
-            "loads the model (~0.5 GB private memory with torch) and gets cores/workers "
-            "inference threads."
+            help="Server processes sharing the port (0: one per core, at most 4). Each loads "
+            "the model (~0.5 GB private memory with torch) and gets cores/processes "
+            "inference threads.",
+            metavar="N",
         ),
     ] = 0,
+    batch_max: Annotated[
+        int | None,
+        typer.Option(
+            help="Most images merged into one forward pass across requests (default: 32).",
+            metavar="N",
+        ),
+    ] = None,
+    batch_wait_ms: Annotated[
+        float | None,
+        typer.Option(
+            help="How long a request waits for others to share its pass (default: 5).",
+            metavar="MS",
+        ),
+    ] = None,
+    max_upload_mb: Annotated[
+        float | None, typer.Option(help="Largest accepted image (default: 10).", metavar="MB")
+    ] = None,
+    max_files: Annotated[
+        int | None, typer.Option(help="Most images per request (default: 8).", metavar="N")
+    ] = None,
+    low_confidence: Annotated[
+        float | None,
+        typer.Option(help="Flag results below this top-1 probability (default: 0.7).", metavar="P"),
+    ] = None,
+    top_k: TopK = 3,
 ) -> None:
     """Serve a JSON API (/predict, /model, /health, /docs) and a web page at /."""
     try:
-        import uvicorn
-
-        from ..serve.app import ServeSettings, create_app
+        from ..serve import ServeSettings, plan_processes, run_server
     except ImportError as e:
         raise CropdocError(
             f"serving needs the optional packages ({e.name} is missing): "
             f"pip install 'cropdoc[serve]'"
         ) from e
-    from ..inference import load_predictor
 
-    _quiet_exporters()
     settings = ServeSettings(
-        max_upload_mb=max_upload_mb,
-        max_files=max_files,
-        low_confidence=low_confidence,
         top_k=top_k,
-        batch_max=batch_max,
-        batch_wait_ms=batch_wait_ms,
+        **_given(
+            max_upload_mb=max_upload_mb,
+            max_files=max_files,
+            low_confidence=low_confidence,
+            batch_max=batch_max,
+            batch_wait_ms=batch_wait_ms,
+        ),
     )
-    if workers < 0:
-        raise CropdocError(f"--workers must be 0 (auto) or more, got {workers}")
-    from ..data.loaders import usable_cpus
-
-    cores = usable_cpus()
-    workers = workers or min(cores, 4)
-    # Loaded here even with several workers: a bad bundle fails once, clearly, and a
+    plan = plan_processes(processes)
+    # Loaded here even with several processes: a bad bundle fails once, clearly, and a
     # missing ONNX export is made once, before the workers start.
-    predictor = load_predictor(bundle, backend=backend)
+    predictor = _load(bundle, backend, device, plan.threads)
     console.print(
         f"serving {predictor.meta.arch} ({predictor.backend}) on http://{host}:{port}/ "
-        f"with {workers} worker process(es) — API docs at /docs",
+        f"with {plan.processes} process(es) — API docs at /docs",
         highlight=False,
     )
-    if workers == 1:
-        application = create_app(predictor, settings)
-        uvicorn.run(application, host=host, port=port, log_level="info", access_log=True)
-        return
-    from ..serve.app import WORKER_ENV, worker_env
-
-    threads = max(1, cores // workers)
-    os.environ[WORKER_ENV] = worker_env(str(bundle.resolve()), backend, settings, threads)
-    uvicorn.run(
-        "cropdoc.serve.app:app_from_env",
-        factory=True,
-        workers=workers,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=True,
-    )
+    run_server(predictor, settings, host=host, port=port, plan=plan, device=device.value)

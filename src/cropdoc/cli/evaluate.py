@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -13,51 +14,70 @@ from .app import app, out, progress_callback, scan_progress
 
 __all__ = ["compare", "evaluate"]
 
+_logger = logging.getLogger(__name__)
+
 
 # --------------------------------------------------------------------------- evaluate
+def _evaluate(bundle: Path, data: Path, **options: Any):
+    """The library call of ``cropdoc evaluate``."""
+    from ..api import load
+
+    options["out"] = options.pop("out_dir")
+    return load(bundle).evaluate(
+        data, scan_progress=scan_progress(), progress=progress_callback("predicting"), **options
+    )
+
+
 @app.command()
 def evaluate(
-    bundle: Annotated[Path, typer.Argument(help="Model bundle (RUN/model) or its run directory.")],
-    data: Annotated[Path, typer.Argument(help="Dataset folder: one sub-folder per class.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Where metrics and plots go.")] = Path(
-        "eval"
-    ),
-    split: Annotated[
-        str | None,
+    bundle: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="Model bundle (RUN/model) or its run directory."),
+    ],
+    data: Annotated[
+        Path, typer.Argument(metavar="DATA", help="Dataset folder: one sub-folder per class.")
+    ],
+    out_dir: Annotated[
+        Path,
         typer.Option(
-            help="test | val | train | all. Default: the run's test split when DATA is its "
-            "training folder, else every image in DATA."
+            "--out",
+            metavar="DIR",
+            help="Where metrics and plots go (an earlier evaluation's files there are "
+            "replaced).",
+        ),
+    ] = Path("eval"),
+    split: Annotated[
+        opts.EvalSplit | None,
+        typer.Option(
+            help="Default: the run's test split when DATA is its training folder, else every "
+            "image in DATA."
         ),
     ] = None,
     split_file: Annotated[
         Path | None,
-        typer.Option(help="Take the split from this split.json (e.g. another run's)."),
+        typer.Option(
+            metavar="FILE", help="Take the split from this split.json (e.g. another run's)."
+        ),
     ] = None,
     ignore_unknown: Annotated[
         bool,
         typer.Option("--ignore-unknown", help="Skip class folders the model does not know."),
     ] = False,
-    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    workers: Annotated[
-        int | None, typer.Option(help="Loader workers (default: sized for this machine)")
-    ] = None,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | mps")] = "auto",
+    batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
+    workers: opts.WorkersOpt = None,
+    device: opts.DeviceOpt = None,
 ) -> None:
     """Score a model on a dataset: metrics, confusion matrix, calibration, examples, report."""
-    from ..evaluation.evaluate import evaluate_bundle
-
-    result = evaluate_bundle(
+    result = _evaluate(
         bundle,
         data,
         out_dir=out_dir,
-        split=split,
+        split=split.value if split else None,
         split_file=split_file,
         ignore_unknown=ignore_unknown,
         batch_size=batch_size,
         workers=workers,
-        device=device,
-        scan_progress=scan_progress(),
-        progress=progress_callback("predicting"),
+        device=device.value if device else None,
     )
     m = result.metrics
     if result.renamed:
@@ -92,76 +112,68 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- compare
-@app.command()
+def _compare(data: Path, out_dir: Path, **options: Any):
+    """The library call of ``cropdoc compare``."""
+    from ..api import compare as api_compare
+
+    return api_compare(
+        data, out=out_dir, show_progress=True, scan_progress=scan_progress(), **options
+    )
+
+
+def _names(text: str | None) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else []
+
+
+@app.command(cls=opts.LateHelp)
+@opts.training_options
 def compare(
-    data: Annotated[Path, typer.Argument(help="Dataset folder: one sub-folder per class.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Runs, table and plots go here.")] = Path(
-        "runs/compare"
-    ),
-    archs: Annotated[
-        str | None,
+    data: Annotated[
+        Path, typer.Argument(metavar="DATA", help="Dataset folder: one sub-folder per class.")
+    ],
+    out_dir: Annotated[
+        Path,
         typer.Option(
-            help="Comma-separated architectures to train, e.g. "
-            "resnet50,efficientnet_b0,mobilenet_v3_small (default: those three, unless --runs)"
+            "--out",
+            metavar="DIR",
+            help="Runs, table and plots go here. Comparing again into the same DIR reuses "
+            "its finished runs and resumes interrupted ones (add an architecture without "
+            "training the others again).",
         ),
+    ] = Path("runs/compare"),
+    archs: Annotated[
+        str | None, typer.Option(metavar="NAMES", help="Architectures to train, comma-separated.")
     ] = None,
     runs: Annotated[
         str | None,
-        typer.Option(help="Comma-separated finished run directories to include as they are."),
+        typer.Option(
+            metavar="DIRS",
+            help="Finished run directories to include as they are (comma-separated).",
+        ),
     ] = None,
     latency_budget_ms: Annotated[
         float | None,
-        typer.Option(help="Only recommend models at most this slow (batch-1 mean, ms)."),
+        typer.Option(metavar="MS", help="Only recommend models at most this slow (batch-1 mean)."),
     ] = None,
-    config: opts.ConfigFile = None,
-    weights: opts.WeightsOpt = None,
-    image_size: opts.ImageSize = None,
-    batch_size: opts.BatchSize = None,
-    stage_epochs: opts.StageEpochs = None,
-    recipe: opts.Recipe = None,
-    device: opts.Device = None,
-    devices: opts.Devices = None,
-    precision: opts.Precision = None,
-    workers: opts.Workers = None,
-    balance: opts.BalanceOpt = None,
-    split: opts.SplitRatios = None,
-    seed: opts.Seed = None,
-    deterministic: opts.Deterministic = None,
+    *,
+    training: opts.TrainingOptions,
 ) -> None:
     """Train several architectures on one split, score them on one test set, recommend one."""
-    from ..config import load_config
-    from ..evaluation.compare import compare as run_compare
-
-    arch_list = [a.strip() for a in archs.split(",") if a.strip()] if archs else []
-    run_list = [Path(r.strip()) for r in runs.split(",") if r.strip()] if runs else []
+    config = training.to_config()
+    arch_list, run_list = _names(archs), [Path(r) for r in _names(runs)]
     if not arch_list and not run_list:
-        arch_list = ["resnet50", "efficientnet_b0", "mobilenet_v3_small"]
-    overrides = opts.train_overrides(
-        weights=weights,
-        image_size=image_size,
-        batch_size=batch_size,
-        stage_epochs=stage_epochs,
-        recipe=recipe,
-        device=device,
-        devices=devices,
-        precision=precision,
-        workers=workers,
-        balance=balance,
-        split=split,
-        seed=seed,
-        deterministic=deterministic,
-    )
-    cfg = load_config(config, overrides)
-    result = run_compare(
+        arch_list = opts.known_archs()
+    if out_dir.is_dir() and next(out_dir.iterdir(), None) is not None:
+        _logger.info("%s exists: reusing its finished runs, resuming interrupted ones", out_dir)
+    result = _compare(
         data,
         out_dir,
         archs=arch_list,
         runs=run_list,
-        config=cfg,
+        config=config,
         latency_budget_ms=latency_budget_ms,
-        device=device,
-        workers=workers,
-        scan_progress=scan_progress(),
+        device=training.device.value if training.device else None,
+        workers=training.workers,
     )
     from rich import box
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from ..config import TrainConfig
 from . import options as opts
 from .app import app, out, scan_progress
+
+__all__ = ["demo", "train"]
+
+_logger = logging.getLogger(__name__)
 
 
 def _print_result(result) -> None:
@@ -37,72 +44,103 @@ def _print_result(result) -> None:
 
 
 # --------------------------------------------------------------------------- train
-@app.command()
+def _train(data: Path | None, run_dir: Path, config: TrainConfig, resume: bool):
+    """The library call of ``cropdoc train``."""
+    from ..api import train as api_train
+
+    run = api_train(
+        data,
+        out=run_dir,
+        config=config,
+        resume=resume,
+        show_progress=True,
+        scan_progress=scan_progress(),
+    )
+    return run.result
+
+
+@app.command(cls=opts.LateHelp)
+@opts.training_options
 def train(
     data: Annotated[
         Path | None,
-        typer.Argument(help="Dataset folder (one sub-folder per class). Optional with --resume."),
+        typer.Argument(
+            metavar="DATA",
+            help="Dataset folder (one sub-folder per class). Optional with --resume.",
+            show_default=False,
+        ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Run directory.")] = Path("runs/train"),
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Run directory. When DIR already holds files, the run goes to DIR-2 "
+            "(DIR-3, ...) instead and says so, unless --resume or --exist-ok.",
+        ),
+    ] = Path("runs/train"),
     arch: opts.Arch = None,
-    config: opts.ConfigFile = None,
-    weights: opts.WeightsOpt = None,
-    image_size: opts.ImageSize = None,
-    batch_size: opts.BatchSize = None,
-    stage_epochs: opts.StageEpochs = None,
-    recipe: opts.Recipe = None,
-    device: opts.Device = None,
-    devices: opts.Devices = None,
-    precision: opts.Precision = None,
-    workers: opts.Workers = None,
-    balance: opts.BalanceOpt = None,
-    split: opts.SplitRatios = None,
-    seed: opts.Seed = None,
-    deterministic: opts.Deterministic = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the interrupted run in --out.")
+    ] = False,
+    exist_ok: Annotated[
+        bool,
+        typer.Option(
+            "--exist-ok",
+            help="Write to --out exactly, never to a numbered folder (an earlier run there "
+            "must be continued with --resume or deleted).",
+        ),
+    ] = False,
+    *,
+    training: opts.TrainingOptions,
 ) -> None:
     """Train a classifier with the three-stage transfer-learning recipe."""
-    from ..config import load_config
-    from ..training.run import train as run_train
-
-    overrides = opts.train_overrides(
-        arch=arch,
-        weights=weights,
-        image_size=image_size,
-        batch_size=batch_size,
-        stage_epochs=stage_epochs,
-        recipe=recipe,
-        device=device,
-        devices=devices,
-        precision=precision,
-        workers=workers,
-        balance=balance,
-        split=split,
-        seed=seed,
-        deterministic=deterministic,
-    )
-    if resume and config is None and (out_dir / "config.yaml").is_file():
-        # Resume with the run's own settings and let only the options given now override
-        # them: built from defaults, the runtime would silently switch e.g. fp32 to bf16.
-        config = out_dir / "config.yaml"
-    cfg = load_config(config, overrides)
-    result = run_train(data, out_dir, cfg, resume=resume, scan_progress=scan_progress())
-    _print_result(result)
+    # A resumed run starts from its own config.yaml, so only the options given now change
+    # it: from the defaults, the runtime would silently switch e.g. fp32 to bf16.
+    config = training.to_config(arch=arch, fallback=out_dir / "config.yaml" if resume else None)
+    if resume:
+        ignored = training.ignored_on_resume() + (["--arch"] if arch else [])
+        if ignored:
+            _logger.warning(
+                "--resume keeps the run's recipe, data settings and seed; ignoring %s",
+                ", ".join(ignored),
+            )
+    run_dir = opts.run_dir_for(out_dir, resume=resume, exist_ok=exist_ok)
+    if config.runtime.devices * config.runtime.num_nodes > 1:
+        sys.argv = opts.pin_out(sys.argv, run_dir)
+    _print_result(_train(data, run_dir, config, resume))
 
 
 # --------------------------------------------------------------------------- demo
+def _demo(out_dir: Path, images_per_class: int, seed: int):
+    """The library call of ``cropdoc demo``."""
+    from ..api import demo as api_demo
+
+    run = api_demo(
+        out_dir,
+        images_per_class=images_per_class,
+        seed=seed,
+        show_progress=True,
+        scan_progress=scan_progress(),
+    )
+    return run.result
+
+
 @app.command()
 def demo(
-    out_dir: Annotated[Path, typer.Option("--out", help="Where data and the run go.")] = Path(
-        "demo-run"
-    ),
-    images_per_class: Annotated[int, typer.Option(help="Generated images per class.")] = 200,
-    seed: Annotated[int, typer.Option(help="Data and training seed.")] = 42,
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            metavar="DIR",
+            help="Where the generated data and the run go (an earlier demo run there is "
+            "replaced; its images are reused).",
+        ),
+    ] = Path("demo-run"),
+    images_per_class: Annotated[
+        int, typer.Option(metavar="N", help="Generated images per class.")
+    ] = 200,
+    seed: Annotated[int, typer.Option(metavar="N", help="Data and training seed.")] = 42,
 ) -> None:
     """Generate leaf images, train through all three stages, evaluate, report (CPU minutes)."""
-    from ..demo import run_demo
-
-    result = run_demo(
-        out_dir, images_per_class=images_per_class, seed=seed, scan_progress=scan_progress()
-    )
-    _print_result(result)
+    _print_result(_demo(out_dir, images_per_class, seed))

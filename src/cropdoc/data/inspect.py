@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -22,19 +21,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from ..classnames import class_label, split_crop_disease
 from ..errors import DataError
 from ..plotting import save_figure, thumbnail
 
 if TYPE_CHECKING:
     from .scan import ScanReport
 
-__all__ = [
-    "class_label",
-    "plot_class_distribution",
-    "plot_samples",
-    "split_crop_disease",
-    "summarize",
-]
+__all__ = ["plot_class_distribution", "plot_samples", "summarize"]
 
 _log = logging.getLogger(__name__)
 
@@ -99,53 +93,6 @@ def summarize(report: ScanReport) -> dict[str, Any]:
         "duplicate_groups": len(groups),
         "duplicate_images": sum(len(g) for g in groups),
     }
-
-
-# --------------------------------------------------------------------------- names
-
-
-def _words(part: str) -> str:
-    return re.sub(r"\s+", " ", part.replace("_", " ")).strip()
-
-
-def _crop_words(part: str) -> str:
-    # Kaggle's copy writes "Pepper,_bell" as "Pepper__bell": both mean "Pepper, bell".
-    return _words(re.sub(r",?_{2,}|,_?", ", ", part))
-
-
-def split_crop_disease(class_name: str) -> tuple[str, str]:
-    """Split a PlantVillage-style class name into (crop, disease) for people to read.
-
-    Handles the original ``Crop___Disease`` names, the Kaggle variants that use ``__`` or a
-    single ``_`` between crop and disease, and ``Pepper,_bell`` / ``Pepper__bell``. A name
-    in no known format comes back whole, with an empty disease.
-
-    >>> split_crop_disease("Pepper,_bell___Bacterial_spot")
-    ('Pepper, bell', 'Bacterial spot')
-    >>> split_crop_disease("Tomato__Target_Spot")
-    ('Tomato', 'Target Spot')
-    >>> split_crop_disease("my leaves")
-    ('my leaves', '')
-    """
-    for sep in ("___", "__"):
-        crop, found, disease = class_name.partition(sep)
-        if found:
-            break
-    else:
-        crop, found, disease = class_name.partition("_")
-        # A single underscore is ambiguous ("leaf_spots"); PlantVillage crops are capitalised.
-        if not crop[:1].isupper():
-            found = ""
-    crop, disease = _crop_words(crop), _words(disease)
-    if not found or not crop or not disease:
-        return class_name, ""
-    return crop, disease
-
-
-def class_label(class_name: str) -> str:
-    """Readable one-line label, e.g. ``"Tomato · Late blight"``."""
-    crop, disease = split_crop_disease(class_name)
-    return f"{crop} · {disease}" if disease else crop
 
 
 # --------------------------------------------------------------------------- plots

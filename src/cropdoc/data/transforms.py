@@ -25,8 +25,9 @@ step transform                 parameters                              why
 Step 7 is one nested :class:`~torchvision.transforms.v2.Compose` so that the top-level
 pipeline has exactly the nine steps of the table (index ``i`` is step ``i + 1``).
 
-Evaluation is deterministic: resize the shorter side to ``round(S * 1.14)`` (255 for 224,
-about the usual 256/224 ImageNet ratio), centre-crop S, to tensor, normalise.
+Evaluation is deterministic and built from a bundle's :class:`~cropdoc.preprocessing.Preprocessing`:
+resize the shorter side (``round(S * 1.14)`` by default, 255 for 224), centre-crop S, to
+tensor, normalise.
 """
 
 from __future__ import annotations
@@ -37,18 +38,15 @@ import torch
 from torchvision.transforms import v2
 
 from ..errors import ConfigError
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
-__all__ = [
-    "EVAL_RESIZE_RATIO",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
-    "build_eval_transform",
-    "build_train_transform",
-]
+__all__ = ["build_eval_transform", "build_train_transform"]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-EVAL_RESIZE_RATIO: float = 1.14
+_INTERPOLATION = {
+    "bilinear": v2.InterpolationMode.BILINEAR,
+    "bicubic": v2.InterpolationMode.BICUBIC,
+    "nearest": v2.InterpolationMode.NEAREST,
+}
 
 
 def _to_float_tensor() -> v2.Compose:
@@ -107,40 +105,31 @@ def build_train_transform(
     )
 
 
-def build_eval_transform(
-    image_size: int = 224,
-    *,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    resize_ratio: float = EVAL_RESIZE_RATIO,
-) -> v2.Compose:
-    """Build the deterministic eval/inference transform: resize, centre crop, normalise.
+def build_eval_transform(preprocessing: Preprocessing) -> v2.Compose:
+    """Build the deterministic eval/inference transform a bundle's preprocessing describes.
 
-    Resizing to a little more than S before cropping keeps the object scale close to what
-    RandomResizedCrop shows in training while trimming the border, as ImageNet models expect.
+    Resize the shorter side to ``resize_size``, centre-crop ``image_size``, to float,
+    normalise. Resizing to a little more than S before cropping keeps the object scale
+    close to what RandomResizedCrop shows in training while trimming the border.
 
     Args:
-        image_size: Output side length S.
-        mean: Per-channel mean used by the pretrained weights.
-        std: Per-channel standard deviation used by the pretrained weights.
-        resize_ratio: Shorter side is resized to ``round(S * resize_ratio)``; must be >= 1.
+        preprocessing: as stored in the bundle (or :meth:`Preprocessing.for_size`).
 
     Returns:
         A ``v2.Compose`` mapping a PIL image or ``uint8`` CHW tensor to ``float32 (3, S, S)``.
 
-    Raises:
-        ConfigError: On a non-positive size, non-RGB mean/std or ``resize_ratio < 1``.
+    >>> t = build_eval_transform(Preprocessing.for_size(64))
+    >>> t(torch.zeros(3, 80, 100, dtype=torch.uint8)).shape
+    torch.Size([3, 64, 64])
     """
-    _check(image_size, mean, std)
-    if resize_ratio < 1.0:
-        raise ConfigError(
-            f"resize_ratio must be >= 1 (resize, then crop a smaller centre), got {resize_ratio}."
-        )
+    p = preprocessing
     return v2.Compose(
         [
-            v2.Resize(round(image_size * resize_ratio), antialias=True),
-            v2.CenterCrop(image_size),
+            v2.Resize(
+                p.resize_size, interpolation=_INTERPOLATION[p.interpolation], antialias=True
+            ),
+            v2.CenterCrop(p.image_size),
             _to_float_tensor(),
-            v2.Normalize(mean=list(mean), std=list(std)),
+            v2.Normalize(mean=list(p.mean), std=list(p.std)),
         ]
     )

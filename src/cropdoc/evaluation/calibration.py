@@ -24,8 +24,9 @@ import numpy as np
 from ..bundle import load_bundle, update_meta
 from ..data.split import SplitManifest
 from ..errors import DataError
+from ..probabilities import softmax
 from .logits import collect_logits
-from .metrics import ECE_BINS, expected_calibration_error, negative_log_likelihood, softmax
+from .metrics import ECE_BINS, expected_calibration_error, negative_log_likelihood
 
 __all__ = ["CalibrationResult", "calibrate", "calibrate_run", "fit_temperature", "temperature_nll"]
 

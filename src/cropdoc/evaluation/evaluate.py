@@ -5,7 +5,7 @@ the same files), the run's own ``split.json`` test split, so training images nev
 into the figures; otherwise every image in DATA. ``--split`` picks another split of the
 manifest, ``--split-file`` another run's manifest (to score several models on one test
 set). Class folders are matched to the bundle's classes ignoring separators and case
-(see :mod:`.classnames`). The bundle's own preprocessing and temperature are used, so the
+(see :mod:`cropdoc.classnames`). The bundle's own preprocessing and temperature are used, so the
 numbers are those ``cropdoc predict`` and ``serve`` will give.
 """
 
@@ -24,15 +24,17 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from ..bundle import BundleMeta, load_bundle
-from ..data.loaders import default_workers
+from ..classnames import match_classes
+from ..cpu import default_workers
 from ..data.scan import scan_folder
 from ..data.split import SPLITS, SplitManifest
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, atomic_write_text
-from .classnames import match_classes
-from .logits import collect_logits
-from .metrics import classification_report_text, compute_metrics, softmax
+from ..probabilities import softmax
+from .logits import Logits, collect_logits
+from .metrics import classification_report_text, compute_metrics
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_predictions, plot_reliability
+from .report import write_eval_report, write_run_report
 
 __all__ = ["EVAL_FILES", "EVAL_SPLITS", "EvaluationResult", "evaluate_bundle"]
 
@@ -195,6 +197,84 @@ def _predictions_csv(
     return buf.getvalue()
 
 
+def _metrics(
+    result: Logits,
+    probs: np.ndarray,
+    meta: BundleMeta,
+    selection: _Selection,
+    bad: list[tuple[Path, str]],
+) -> dict[str, Any]:
+    """``metrics.json``: the scores, and what they were computed on."""
+    classes = list(meta.classes)
+    metrics = compute_metrics(probs, result.labels, classes)
+    if meta.temperature != 1.0:
+        raw = compute_metrics(softmax(result.logits), result.labels, classes)
+        metrics["uncalibrated"] = {"nll": raw["nll"], "ece": raw["ece"]}
+    cm = confusion_matrix(result.labels, probs.argmax(axis=1), labels=list(range(len(classes))))
+    metrics.update(
+        {
+            "n_images": len(result.labels),
+            "n_bad_files": len(bad),
+            "bad_files": [{"path": str(p), "reason": r} for p, r in bad],
+            "skipped_unknown_images": selection.skipped_unknown,
+            "temperature": meta.temperature,
+            "split": selection.split,
+            "split_file": str(selection.split_file) if selection.split_file else None,
+            "source": selection.source,
+            "arch": meta.arch,
+            "classes": classes,
+            "class_mapping": {k: v for k, v in selection.mapping.items() if k != v},
+            "confusion_matrix": cm.tolist(),
+        }
+    )
+    return metrics
+
+
+def _write_outputs(
+    out: Path,
+    meta: BundleMeta,
+    selection: _Selection,
+    result: Logits,
+    probs: np.ndarray,
+    metrics: dict[str, Any],
+) -> dict[str, Path]:
+    """Write :data:`EVAL_FILES` into ``out``; return them by name."""
+    classes, n, arch = list(meta.classes), len(result.labels), meta.arch
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in EVAL_FILES}
+    atomic_write_json(files["metrics.json"], metrics)
+    atomic_write_text(
+        files["classification_report.txt"],
+        f"{arch} on {selection.source} ({n} images, temperature {meta.temperature:.3f})\n\n"
+        + classification_report_text(probs, result.labels, classes),
+    )
+    atomic_write_text(
+        files["predictions.csv"], _predictions_csv(result.paths, result.labels, probs, classes)
+    )
+    plot_confusion_matrix(
+        np.asarray(metrics["confusion_matrix"]),
+        classes,
+        files["confusion_matrix.png"],
+        title=f"{arch}: confusion matrix on {n} images "
+        f"(accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f})",
+    )
+    plot_per_class_f1(
+        metrics["per_class"],
+        files["per_class_f1.png"],
+        macro_f1=metrics["macro_f1"],
+        title=f"{arch}: F1 per class on {n} images (worst first)",
+    )
+    fitted = " (fitted)" if meta.temperature != 1.0 else ""
+    plot_reliability(
+        {f"T = {meta.temperature:.2f}{fitted}": probs},
+        result.labels,
+        files["reliability.png"],
+        title=f"Reliability on {n} images",
+    )
+    plot_predictions(result.paths, result.labels, probs, classes, files["predictions.png"])
+    return files
+
+
 def evaluate_bundle(
     bundle_path: str | os.PathLike[str],
     data: str | os.PathLike[str],
@@ -272,64 +352,10 @@ def evaluate_bundle(
     bad = selection.bad + result.bad
     if len(result.labels) == 0:
         raise DataError(f"none of the {len(selection.samples)} images could be read: {bad[:3]}")
-    classes = list(meta.classes)
     probs = softmax(result.logits, meta.temperature)
-    metrics = compute_metrics(probs, result.labels, classes)
-    if meta.temperature != 1.0:
-        raw = compute_metrics(softmax(result.logits), result.labels, classes)
-        metrics["uncalibrated"] = {"nll": raw["nll"], "ece": raw["ece"]}
-    cm = confusion_matrix(result.labels, probs.argmax(axis=1), labels=list(range(len(classes))))
-    metrics.update(
-        {
-            "n_images": len(result.labels),
-            "n_bad_files": len(bad),
-            "bad_files": [{"path": str(p), "reason": r} for p, r in bad],
-            "skipped_unknown_images": selection.skipped_unknown,
-            "temperature": meta.temperature,
-            "split": selection.split,
-            "split_file": str(selection.split_file) if selection.split_file else None,
-            "source": selection.source,
-            "data": str(data_path),
-            "bundle": str(bundle.path),
-            "arch": meta.arch,
-            "classes": classes,
-            "class_mapping": {k: v for k, v in selection.mapping.items() if k != v},
-            "confusion_matrix": cm.tolist(),
-        }
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    files = {name: out / name for name in EVAL_FILES}
-    atomic_write_json(files["metrics.json"], metrics)
-    atomic_write_text(
-        files["classification_report.txt"],
-        f"{meta.arch} on {selection.source} ({len(result.labels)} images, "
-        f"temperature {meta.temperature:.3f})\n\n"
-        + classification_report_text(probs, result.labels, classes),
-    )
-    atomic_write_text(
-        files["predictions.csv"], _predictions_csv(result.paths, result.labels, probs, classes)
-    )
-    n = len(result.labels)
-    plot_confusion_matrix(
-        cm,
-        classes,
-        files["confusion_matrix.png"],
-        title=f"{meta.arch}: confusion matrix on {n} images "
-        f"(accuracy {metrics['accuracy']:.1%}, macro-F1 {metrics['macro_f1']:.3f})",
-    )
-    plot_per_class_f1(
-        metrics["per_class"],
-        files["per_class_f1.png"],
-        macro_f1=metrics["macro_f1"],
-        title=f"{meta.arch}: F1 per class on {n} images (worst first)",
-    )
-    plot_reliability(
-        {f"T = {meta.temperature:.2f}" + (" (fitted)" if meta.temperature != 1.0 else ""): probs},
-        result.labels,
-        files["reliability.png"],
-        title=f"Reliability on {n} images",
-    )
-    plot_predictions(result.paths, result.labels, probs, classes, files["predictions.png"])
+    metrics = _metrics(result, probs, meta, selection, bad)
+    metrics.update(data=str(data_path), bundle=str(bundle.path))
+    files = _write_outputs(out, meta, selection, result, probs, metrics)
     evaluation = EvaluationResult(
         out_dir=out,
         metrics=metrics,
@@ -339,8 +365,6 @@ def evaluate_bundle(
         bad_files=bad,
     )
     if write_report:
-        from .report import write_eval_report, write_run_report
-
         run_dir = bundle.path.parent
         is_run = (run_dir / "split.json").is_file()
         files["report.md"] = write_eval_report(out, run_dir=run_dir if is_run else None)
@@ -351,7 +375,7 @@ def evaluate_bundle(
         metrics["accuracy"],
         metrics["macro_f1"],
         metrics["ece"],
-        n,
+        metrics["n_images"],
         out,
     )
     return evaluation

@@ -23,7 +23,7 @@ from ..data.images import DEFAULT_MAX_PIXELS, load_tensor
 from ..data.transforms import build_eval_transform
 from ..errors import DataError
 
-__all__ = ["Logits", "collect_logits", "eval_transform_for", "resolve_device"]
+__all__ = ["Logits", "collect_logits", "resolve_device"]
 
 _logger = logging.getLogger(__name__)
 
@@ -37,16 +37,6 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     return torch.device(device)
-
-
-def eval_transform_for(meta: BundleMeta) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The bundle's own preprocessing (size, resize ratio, mean/std from ``model.json``)."""
-    return build_eval_transform(
-        meta.image_size,
-        mean=meta.mean,
-        std=meta.std,
-        resize_ratio=meta.resize_size / meta.image_size,
-    )
 
 
 @dataclass
@@ -117,7 +107,12 @@ def collect_logits(
     """
     dev = resolve_device(device)
     model = model.eval().to(dev)
-    dataset = _TolerantDataset(samples, eval_transform_for(meta), meta.image_size, max_pixels)
+    dataset = _TolerantDataset(
+        samples,
+        build_eval_transform(meta.preprocessing),
+        meta.preprocessing.image_size,
+        max_pixels,
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

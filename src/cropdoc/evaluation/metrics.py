@@ -3,7 +3,7 @@
 Accuracy and F1 come from scikit-learn (the reference implementation people compare
 against); top-k accuracy, NLL and the expected calibration error are a few lines of
 numpy each. Everything takes class *probabilities*, so the caller decides the
-temperature: use :func:`softmax` on ``logits / T``.
+temperature: use :func:`cropdoc.probabilities.softmax` on ``logits / T``.
 
 Macro- and weighted-F1 average over the classes that occur in the labels or the
 predictions (scikit-learn's default), not over every class of the model: when a test
@@ -32,7 +32,6 @@ __all__ = [
     "expected_calibration_error",
     "negative_log_likelihood",
     "reliability_bins",
-    "softmax",
     "top_k_accuracy",
 ]
 
@@ -40,14 +39,6 @@ _logger = logging.getLogger(__name__)
 
 ECE_BINS = 15
 _EPS = 1e-12
-
-
-def softmax(logits: Any, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities of ``logits / temperature`` in float64 (numerically stable)."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _check(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:

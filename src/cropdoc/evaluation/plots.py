@@ -3,7 +3,7 @@ and the accuracy trade-off scatter of ``cropdoc compare``.
 
 Each plot is drawn on a standalone :class:`~matplotlib.figure.Figure` (Agg canvas, no
 pyplot), so it never touches the process-wide backend, and is written atomically. Class
-names are shown as "Crop · Disease" (see :func:`cropdoc.data.inspect.class_label`),
+names are shown as "Crop · Disease" (see :func:`cropdoc.classnames.class_label`),
 sized so 12-40 classes stay readable.
 """
 
@@ -20,7 +20,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 
-from ..data.inspect import class_label
+from ..classnames import class_label
 from ..plotting import save_figure, thumbnail
 from .metrics import ECE_BINS, expected_calibration_error, reliability_bins
 

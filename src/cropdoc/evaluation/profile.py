@@ -221,7 +221,7 @@ def profile_bundle(
     bundle = load_bundle(path)
     result = profile_model(
         bundle.model,
-        bundle.meta.image_size,
+        bundle.meta.preprocessing.image_size,
         device=device,
         size_mb=bundle_size_mb(bundle.path),
         **timing,

@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..data.inspect import class_label
+from ..bundle import META_FILE, BundleMeta, read_meta
+from ..classnames import class_label
+from ..errors import BundleError
 from ..io import atomic_write_text
 
 __all__ = ["write_eval_report", "write_run_report", "write_train_report"]
@@ -34,6 +36,18 @@ def _json(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _read_meta(folder: Path) -> BundleMeta | None:
+    """The bundle's typed metadata; None (and a warning) when there is none or it is bad:
+    a report is still worth writing from the files that are there."""
+    if not (folder / META_FILE).is_file():
+        return None
+    try:
+        return read_meta(folder)
+    except BundleError as e:
+        _logger.warning("report without the bundle's details: %s", e)
+        return None
 
 
 def _rel(target: Path, base: Path) -> str:
@@ -110,21 +124,21 @@ def _history(run_dir: Path) -> list[dict[str, str]]:
         return []
 
 
-def _recipe_section(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any]) -> list[str]:
-    stages = meta.get("recipe") or summary.get("stages") or []
-    if not stages:
+def _recipe_section(run_dir: Path, meta: BundleMeta | None, summary: dict[str, Any]) -> list[str]:
+    stages = (meta.recipe if meta else None) or summary.get("stages") or []
+    if not stages or meta is None:
         return []
     history = _history(run_dir)
     run_per_stage: dict[str, int] = {}
     for row in history:
         run_per_stage[row["stage"]] = run_per_stage.get(row["stage"], 0) + 1
-    extra = meta.get("weights"), meta.get("precision"), meta.get("seed")
+    t, pre = meta.training, meta.preprocessing
     lines = [
         "## Recipe",
         "",
-        f"- architecture `{meta.get('arch')}`, weights `{extra[0]}`, input "
-        f"{meta.get('image_size')} px (resize {meta.get('resize_size')}, centre crop), "
-        f"precision `{extra[1]}`, seed {extra[2]}, class balance `{meta.get('balance')}`",
+        f"- architecture `{meta.arch}`, weights `{t.weights}`, input "
+        f"{pre.image_size} px (resize {pre.resize_size}, centre crop), "
+        f"precision `{t.precision}`, seed {t.seed}, class balance `{t.balance}`",
         "",
     ]
     rows = [
@@ -146,10 +160,10 @@ def _recipe_section(run_dir: Path, meta: dict[str, Any], summary: dict[str, Any]
     return lines
 
 
-def _curves_section(run_dir: Path, base: Path, meta: dict[str, Any]) -> list[str]:
+def _curves_section(run_dir: Path, base: Path, meta: BundleMeta | None) -> list[str]:
     if not (run_dir / "curves.png").is_file():
         return []
-    best = meta.get("best", {})
+    best = meta.best if meta else {}
     lines = ["## Training curves", ""]
     lines += _img(run_dir / "curves.png", base, "training curves")
     if best:
@@ -213,13 +227,13 @@ def _plots_section(eval_dir: Path | None, base: Path) -> list[str]:
 
 
 def _calibration_section(
-    meta: dict[str, Any],
+    meta: BundleMeta | None,
     metrics: dict[str, Any],
     run_dir: Path | None,
     eval_dir: Path | None,
     base: Path,
 ) -> list[str]:
-    cal = meta.get("calibration") or {}
+    cal = (meta.calibration if meta else None) or {}
     if not cal and not metrics:
         return []
     lines = ["## Calibration", ""]
@@ -318,12 +332,12 @@ def _reproduce_section(
 
 
 def _build(base: Path, run_dir: Path | None, eval_dir: Path | None) -> str:
-    meta = _json(run_dir / "model" / "model.json") if run_dir is not None else {}
+    meta = _read_meta(run_dir / "model") if run_dir is not None else None
     metrics = _json(eval_dir / "metrics.json") if eval_dir is not None else {}
-    if not meta and metrics.get("bundle"):
-        meta = _json(Path(metrics["bundle"]) / "model.json")
+    if meta is None and metrics.get("bundle"):
+        meta = _read_meta(Path(metrics["bundle"]))
     summary = _json(run_dir / "summary.json") if run_dir is not None else {}
-    arch = meta.get("arch") or metrics.get("arch", "model")
+    arch = meta.arch if meta else metrics.get("arch", "model")
     if run_dir is not None:
         root = _json(run_dir / "split.json").get("root", "")
         title = f"# {arch} on {Path(root).name or 'its data'}: run report"
@@ -385,7 +399,7 @@ def write_run_report(
 
 
 def write_train_report(run_dir: str | os.PathLike[str]) -> Path:
-    """The report right after training (what ``training.run.train`` calls)."""
+    """The report right after training (what ``workflows.train`` calls)."""
     return write_run_report(run_dir)
 
 

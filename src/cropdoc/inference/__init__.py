@@ -1,33 +1,47 @@
-"""Inference: the :class:`Predictor` (PyTorch and onnxruntime backends) and verified export."""
+"""Inference: the :class:`Predictor` over torch or onnxruntime runners, and micro-batching.
+
+Loading only loads: exporting is :mod:`cropdoc.export`'s job, which imports this package
+and never the other way round.
+
+>>> from cropdoc.inference import load_predictor
+"""
 
 from __future__ import annotations
 
-from .export import ExportError as ExportError
-from .export import ExportReport as ExportReport
-from .export import Verification as Verification
-from .export import collect_images as collect_images
-from .export import default_images as default_images
-from .export import export_int8 as export_int8
-from .export import export_onnx as export_onnx
+from .artifacts import EXPORT_KEYS as EXPORT_KEYS
+from .artifacts import export_command as export_command
+from .artifacts import recorded_export as recorded_export
+from .errors import InferenceError as InferenceError
 from .predictor import BACKENDS as BACKENDS
+from .predictor import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from .predictor import ClassScore as ClassScore
-from .predictor import InferenceError as InferenceError
+from .predictor import MicroBatcher as MicroBatcher
 from .predictor import Prediction as Prediction
 from .predictor import Predictor as Predictor
 from .predictor import load_predictor as load_predictor
+from .runners import OnnxRunner as OnnxRunner
+from .runners import Runner as Runner
+from .runners import TorchRunner as TorchRunner
+from .runners import onnx_session as onnx_session
+from .sources import ImageSource as ImageSource
+from .sources import collect_images as collect_images
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_BATCH_SIZE",
+    "EXPORT_KEYS",
     "ClassScore",
-    "ExportError",
-    "ExportReport",
+    "ImageSource",
     "InferenceError",
+    "MicroBatcher",
+    "OnnxRunner",
     "Prediction",
     "Predictor",
-    "Verification",
+    "Runner",
+    "TorchRunner",
     "collect_images",
-    "default_images",
-    "export_int8",
-    "export_onnx",
+    "export_command",
     "load_predictor",
+    "onnx_session",
+    "recorded_export",
 ]

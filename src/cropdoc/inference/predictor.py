@@ -1,17 +1,20 @@
 """Predict crop diseases from photos with a trained bundle, on PyTorch or onnxruntime.
 
-Preprocessing and calibration come from the bundle's ``model.json`` (resize the shorter
-side to ``resize_size``, centre-crop ``image_size``, normalise with ``mean``/``std``;
-softmax of ``logits / temperature``), never from re-typed constants, so a prediction here
-matches what ``cropdoc evaluate`` measured. Both backends share that Python preprocessing
-and differ only in who computes the logits, which is what makes them comparable.
+Preprocessing and calibration come from the bundle's ``model.json`` as stored
+(``preprocessing``: resize the shorter side, centre-crop, normalise; ``temperature``:
+softmax of ``logits / T``), never from re-typed constants, so a prediction here matches
+what ``cropdoc evaluate`` measured. Backends share that preprocessing and differ only in
+the :mod:`~cropdoc.inference.runners` runner that computes the logits.
 
-A bad image never stops a batch: it becomes a :class:`Prediction` with ``error`` set and
-the other images are still predicted.
+:func:`load_predictor` only loads: the ONNX backends need an up-to-date export recorded in
+the bundle (``cropdoc export``, or :func:`cropdoc.export.ensure_export`), and say which
+command makes one when it is missing. A bad image never stops a batch: it becomes a
+:class:`Prediction` with ``error`` set and the other images are still predicted.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import queue
@@ -20,42 +23,41 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..bundle import BundleMeta, load_bundle, read_meta
+from ..bundle import BundleMeta, load_bundle, read_meta, resolve_bundle_dir
+from ..classnames import class_label
+from ..cpu import torch_threads
 from ..data.images import DEFAULT_MAX_PIXELS, BadImageError, load_tensor
-from ..data.inspect import class_label
 from ..data.transforms import build_eval_transform
-from ..errors import CropdocError
-
-if TYPE_CHECKING:
-    from torch import nn
+from ..probabilities import softmax
+from .artifacts import EXPORT_KEYS, export_command, recorded_export
+from .errors import InferenceError
+from .runners import OnnxRunner, Runner, TorchRunner, resolve_device
+from .sources import ImageSource, source_name
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_BATCH_SIZE",
     "ClassScore",
-    "ImageSource",
-    "InferenceError",
     "MicroBatcher",
     "Prediction",
     "Predictor",
     "load_predictor",
-    "softmax",
 ]
 
 _logger = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-#: What :meth:`Predictor.predict` accepts: a path, raw file bytes (an upload) or a PIL image.
-ImageSource = str | os.PathLike[str] | bytes | Image.Image
-
-
-class InferenceError(CropdocError):
-    """A predictor cannot be built or run (unknown backend, missing or stale export)."""
+#: ``auto``: onnx when the bundle has an up-to-date ONNX export, onnxruntime is installed
+#: and the device is the CPU; torch otherwise.
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+#: Images per forward pass for ``predict`` and the most a server merges into one: batch
+#: 32 is where the CPU backends reach their offline throughput (BENCHMARKS.md).
+DEFAULT_BATCH_SIZE = 32
 
 
 @dataclass(frozen=True)
@@ -107,53 +109,17 @@ class Prediction:
         }
 
 
-class _Runner(Protocol):
-    """Computes logits for a normalised float32 batch ``(N, 3, S, S)``."""
-
-    name: str
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-class _TorchRunner:
-    name = "torch"
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model.eval()
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model(torch.from_numpy(batch)).float().numpy()
-
-
-class _OnnxRunner:
-    def __init__(self, session: Any, name: str) -> None:
-        self.session = session
-        self.name = name
-        self.input_name = session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        # InferenceSession.run is thread-safe, so a server may call this concurrently.
-        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Temperature-scaled softmax over the last axis, computed stably in float64."""
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z -= z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 class Predictor:
     """Turns images into calibrated top-k predictions with a bundle's preprocessing.
 
     Build one with :func:`load_predictor`; the constructor does no I/O.
 
     Attributes:
-        meta: the bundle's metadata (classes, sizes, normalisation, temperature).
+        meta: the bundle's metadata (classes, preprocessing, temperature).
         backend: ``"torch"``, ``"onnx"`` or ``"onnx-int8"``.
         max_pixels: images declaring more pixels are refused before decoding.
+        preprocess_threads: torch intra-op threads while decoding and transforming
+            (None: the caller's setting); restored afterwards.
 
     Example:
         >>> predictor = load_predictor("runs/effb0/model", backend="onnx")  # doctest: +SKIP
@@ -164,26 +130,28 @@ class Predictor:
     def __init__(
         self,
         meta: BundleMeta,
-        runner: _Runner,
+        runner: Runner,
         *,
         bundle_dir: Path | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        preprocess_threads: int | None = None,
     ) -> None:
         self.meta = meta
         self.bundle_dir = bundle_dir
         self.max_pixels = max_pixels
+        self.preprocess_threads = preprocess_threads
         self._runner = runner
-        self._transform = build_eval_transform(
-            meta.image_size,
-            mean=meta.mean,
-            std=meta.std,
-            resize_ratio=meta.resize_size / meta.image_size,
-        )
+        self._transform = build_eval_transform(meta.preprocessing)
         self._labels = [class_label(c) for c in meta.classes]
 
     @property
     def backend(self) -> str:
         return self._runner.name
+
+    @property
+    def runner(self) -> Runner:
+        """What computes the logits (a :class:`~cropdoc.inference.runners.Runner`)."""
+        return self._runner
 
     @property
     def classes(self) -> list[str]:
@@ -219,7 +187,7 @@ class Predictor:
         sources: Sequence[ImageSource],
         *,
         top_k: int = 3,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         names: Sequence[str] | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> list[Prediction]:
@@ -236,14 +204,9 @@ class Predictor:
         Returns:
             One :class:`Prediction` per source, in order.
         """
-        if top_k < 1:
-            raise InferenceError(f"top_k must be at least 1, got {top_k}")
         if batch_size < 1:
             raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
-        if names is not None and len(names) != len(sources):
-            raise InferenceError("names must have one entry per source")
-        labels = [names[i] if names else _describe(s, i) for i, s in enumerate(sources)]
-        results: list[Prediction] = [Prediction(source=label) for label in labels]
+        results = _empty_results(sources, top_k, names)
         total = len(sources)
         for start in range(0, total, batch_size):
             chunk = range(start, min(start + batch_size, total))
@@ -261,13 +224,14 @@ class Predictor:
     ) -> tuple[torch.Tensor | None, list[int]]:
         """Preprocess ``sources[indices]``; bad images get their error in ``results``."""
         tensors, good = [], []
-        for i in indices:
-            try:
-                tensors.append(self.preprocess(sources[i]))
-                good.append(i)
-            except BadImageError as e:
-                results[i].error = e.reason
-                _logger.warning("skipping %s: %s", results[i].source, e.reason)
+        with torch_threads(self.preprocess_threads):
+            for i in indices:
+                try:
+                    tensors.append(self.preprocess(sources[i]))
+                    good.append(i)
+                except BadImageError as e:
+                    results[i].error = e.reason
+                    _logger.warning("skipping %s: %s", results[i].source, e.reason)
         return (torch.stack(tensors) if tensors else None), good
 
     def predict_one(self, source: ImageSource, *, top_k: int = 3) -> Prediction:
@@ -288,6 +252,20 @@ class Predictor:
             )
             for i in order
         ]
+
+
+def _empty_results(
+    sources: Sequence[ImageSource], top_k: int, names: Sequence[str] | None
+) -> list[Prediction]:
+    """One unfilled :class:`Prediction` per source, after checking the arguments."""
+    if top_k < 1:
+        raise InferenceError(f"top_k must be at least 1, got {top_k}")
+    if names is not None and len(names) != len(sources):
+        raise InferenceError("names must have one entry per source")
+    return [
+        Prediction(source=names[i] if names is not None else source_name(s, i))
+        for i, s in enumerate(sources)
+    ]
 
 
 class _Job:
@@ -317,7 +295,13 @@ class MicroBatcher:
         max_wait_ms: how long the first request of a batch waits for company.
     """
 
-    def __init__(self, predictor: Predictor, *, max_batch: int = 32, max_wait_ms: float = 5.0):
+    def __init__(
+        self,
+        predictor: Predictor,
+        *,
+        max_batch: int = DEFAULT_BATCH_SIZE,
+        max_wait_ms: float = 5.0,
+    ) -> None:
         if max_batch < 1 or max_wait_ms < 0:
             raise InferenceError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.predictor = predictor
@@ -351,12 +335,7 @@ class MicroBatcher:
         names: Sequence[str] | None = None,
     ) -> list[Prediction]:
         """Like :meth:`Predictor.predict`, sharing forward passes with concurrent callers."""
-        if top_k < 1:
-            raise InferenceError(f"top_k must be at least 1, got {top_k}")
-        if names is not None and len(names) != len(sources):
-            raise InferenceError("names must have one entry per source")
-        labels = [names[i] if names else _describe(s, i) for i, s in enumerate(sources)]
-        results = [Prediction(source=label) for label in labels]
+        results = _empty_results(sources, top_k, names)
         batch, good = self.predictor._preprocess_many(sources, range(len(sources)), results)
         if batch is None:
             return results
@@ -376,27 +355,29 @@ class MicroBatcher:
             first = self._queue.get()
             if first is None:
                 return
-            jobs, size = [first], len(first.batch)
-            deadline = time.perf_counter() + self.max_wait_s
-            stop = False
-            while size < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                try:
-                    job = (
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else (self._queue.get_nowait())
-                    )
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
-                size += len(job.batch)
+            jobs, stop = self._gather(first)
             self._run(jobs)
             if stop:
                 return
+
+    def _gather(self, first: _Job) -> tuple[list[_Job], bool]:
+        """``first`` and what else arrives before the deadline; True when told to stop."""
+        jobs, size = [first], len(first.batch)
+        deadline = time.perf_counter() + self.max_wait_s
+        while size < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            try:
+                if remaining > 0:
+                    job = self._queue.get(timeout=remaining)
+                else:
+                    job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            size += len(job.batch)
+        return jobs, False
 
     def _run(self, jobs: list[_Job]) -> None:
         try:
@@ -414,10 +395,7 @@ class MicroBatcher:
             job.done.set()
 
 
-def _describe(source: ImageSource, index: int) -> str:
-    if isinstance(source, str | os.PathLike):
-        return str(source)
-    return f"image {index}"
+# --------------------------------------------------------------------------- loading
 
 
 def load_predictor(
@@ -425,88 +403,95 @@ def load_predictor(
     *,
     backend: str = "torch",
     onnx_path: str | os.PathLike[str] | None = None,
-    export_if_missing: bool = True,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     threads: int | None = None,
+    device: str | torch.device = "auto",
 ) -> Predictor:
-    """Load a bundle for prediction on the chosen backend.
+    """Load a bundle for prediction on the chosen backend; never exports.
 
-    The ONNX backends use the file recorded in ``model.json`` ``exports`` (``onnx`` or
-    ``onnx_int8``). When no fp32 export exists, or it was made from other weights, one is
-    exported and verified on the spot (``export_if_missing``), so ``--backend onnx`` works
-    on a fresh bundle; INT8 is never made implicitly because it needs calibration data and
-    an agreement check (``cropdoc export --int8``).
+    The ONNX backends load the file recorded in ``model.json`` ``exports`` (``onnx`` or
+    ``onnx_int8``) when it was made from the current weights; otherwise this raises and
+    names the ``cropdoc export`` command that makes it (from Python:
+    :func:`cropdoc.export.ensure_export`). Thread settings apply to this predictor's work
+    only; the process's torch thread count is left as it was.
 
     Args:
         bundle: a bundle folder or its run directory.
-        backend: ``"torch"``, ``"onnx"`` or ``"onnx-int8"``.
+        backend: one of :data:`BACKENDS`.
         onnx_path: use this ONNX file instead of the recorded export.
-        export_if_missing: export fp32 ONNX when the ONNX backend has nothing to load.
         max_pixels: refuse larger images before decoding them.
-        threads: onnxruntime intra-op threads (default: its own choice).
+        threads: intra-op threads for computing logits (None: the library's default).
+        device: where the torch backend computes (``"auto"``: CUDA, then MPS, then CPU);
+            the ONNX backends run on the CPU.
 
     Raises:
-        InferenceError: unknown backend, or no usable export.
+        InferenceError: unknown backend or device, or no usable export.
         BundleError: the bundle is missing or corrupt.
+
+    Example:
+        >>> predictor = load_predictor("runs/effb0/model", backend="onnx")  # doctest: +SKIP
     """
     if backend not in BACKENDS:
         raise InferenceError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    folder = resolve_bundle_dir(bundle)
+    backend = _resolve_backend(folder, backend, device, explicit_file=onnx_path is not None)
     if backend == "torch":
-        loaded = load_bundle(bundle)
+        loaded = load_bundle(folder)
+        runner = TorchRunner(loaded.model, device=device, threads=threads)
         return Predictor(
-            loaded.meta, _TorchRunner(loaded.model), bundle_dir=loaded.path, max_pixels=max_pixels
+            loaded.meta,
+            runner,
+            bundle_dir=folder,
+            max_pixels=max_pixels,
+            preprocess_threads=threads,
         )
-    from .export import bundle_dir_of, recorded_export
-
-    folder = bundle_dir_of(bundle)
-    meta = read_meta(folder)
-    key = "onnx_int8" if backend == "onnx-int8" else "onnx"
-    path = Path(onnx_path) if onnx_path is not None else recorded_export(folder, key)
-    if path is None:
-        if key == "onnx_int8":
-            raise InferenceError(
-                f"{folder} has no verified INT8 export; run `cropdoc export {folder} "
-                f"--format onnx --int8` first, or use --backend onnx"
-            )
-        if not export_if_missing:
-            raise InferenceError(
-                f"{folder} has no ONNX export; run `cropdoc export {folder} --format onnx`"
-            )
-        from .export import export_onnx
-
-        _logger.info("no up-to-date ONNX export in %s; exporting one now", folder)
-        path = export_onnx(folder).path
-        meta = read_meta(folder)
-    if not path.is_file():
-        raise InferenceError(f"ONNX file {path} not found; re-run `cropdoc export {folder}`")
-    # With onnxruntime computing the logits, torch only preprocesses single images, which
-    # gains nothing from intra-op threads, while its OpenMP team fights onnxruntime's pool
-    # for the cores: measured on 2 cores, 1.3 ms/img with one thread vs 5-31 ms with two.
-    torch.set_num_threads(1)
+    if str(device) not in ("auto", "cpu"):
+        raise InferenceError(
+            f"the {backend} backend runs on the CPU; use --device cpu, or --backend torch "
+            f"to compute on {device}"
+        )
+    path = _onnx_file(folder, backend, onnx_path)
+    runner = OnnxRunner.from_file(path, name=backend, threads=threads)
+    # torch only preprocesses here: single images gain nothing from intra-op threads, while
+    # its OpenMP team fights onnxruntime's pool for the cores (measured on 2 cores:
+    # 1.3 ms/img with one thread vs 5-31 ms with two).
     return Predictor(
-        meta,
-        _OnnxRunner(_onnx_session(path, threads), backend),
-        bundle_dir=folder,
-        max_pixels=max_pixels,
+        read_meta(folder), runner, bundle_dir=folder, max_pixels=max_pixels, preprocess_threads=1
     )
 
 
-def _onnx_session(path: Path, threads: int | None = None) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
+def _resolve_backend(
+    folder: Path, backend: str, device: str | torch.device, *, explicit_file: bool
+) -> str:
+    """``auto`` → onnx when it can be loaded as is and the device is the CPU, else torch."""
+    if backend != "auto":
+        return backend
+    if resolve_device(device).type != "cpu":
+        chosen, why = "torch", f"computing on {resolve_device(device)}"
+    elif importlib.util.find_spec("onnxruntime") is None:
+        chosen, why = "torch", "onnxruntime is not installed"
+    elif explicit_file or recorded_export(folder, EXPORT_KEYS["onnx"]) is not None:
+        chosen, why = "onnx", "the bundle's verified ONNX export"
+    else:
+        chosen = "torch"
+        why = f"no up-to-date ONNX export; `{export_command(folder, 'onnx')}` makes one"
+    _logger.info("backend auto: %s (%s)", chosen, why)
+    return chosen
+
+
+def _onnx_file(folder: Path, backend: str, onnx_path: str | os.PathLike[str] | None) -> Path:
+    """The ONNX file to load: ``onnx_path``, else the bundle's up-to-date recorded export."""
+    if onnx_path is not None:
+        path = Path(onnx_path)
+        if not path.is_file():
+            raise InferenceError(f"ONNX file {path} not found")
+        return path
+    path = recorded_export(folder, EXPORT_KEYS[backend])
+    if path is None:
+        fallback = "onnx" if backend == "onnx-int8" else "torch"
+        kind = "INT8" if backend == "onnx-int8" else "ONNX"
         raise InferenceError(
-            "the ONNX backend needs onnxruntime: pip install 'cropdoc[serve]'"
-        ) from e
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    # Idle pool threads sleep instead of spinning, leaving the cores to the threads that
-    # decode the next images (a server preprocesses while it infers).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own untyped exceptions for bad files
-        raise InferenceError(
-            f"onnxruntime cannot load {path}: {e}; re-run `cropdoc export` to rebuild it"
-        ) from e
+            f"{folder} has no up-to-date {kind} export: run `{export_command(folder, backend)}`"
+            f" first, or use --backend {fallback}"
+        )
+    return path

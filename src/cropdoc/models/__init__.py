@@ -1,7 +1,10 @@
 """Models: architecture registry, the ``build`` factory, freeze policies and weights.
 
+The seed's torchvision architectures are declared in the registry; any timm model is
+available as ``timm/<name>``, its spec derived on first use.
+
 >>> from cropdoc.models import build, get_arch, apply_policy, param_groups
->>> spec = get_arch("efficientnet_b0")
+>>> spec = get_arch("efficientnet_b0")  # or get_arch("timm/convnext_atto")
 >>> model = build(spec.name, classes=5, weights=None)
 >>> apply_policy(model, spec, "head")
 """
@@ -9,6 +12,7 @@
 from __future__ import annotations
 
 from .factory import build as build
+from .freeze import BatchNormPolicy as BatchNormPolicy
 from .freeze import FreezePolicy as FreezePolicy
 from .freeze import apply_policy as apply_policy
 from .freeze import freeze_backbone as freeze_backbone
@@ -23,11 +27,17 @@ from .registry import build_head as build_head
 from .registry import get_arch as get_arch
 from .registry import list_archs as list_archs
 from .registry import register_arch as register_arch
+from .spec import TimmSource as TimmSource
+from .timm_specs import TimmClassifier as TimmClassifier
+from .timm_specs import is_timm_name as is_timm_name
 from .weights import load_pretrained as load_pretrained
 
 __all__ = [
     "ArchSpec",
+    "BatchNormPolicy",
     "FreezePolicy",
+    "TimmClassifier",
+    "TimmSource",
     "apply_policy",
     "build",
     "build_head",
@@ -35,6 +45,7 @@ __all__ = [
     "full_unfreeze",
     "get_arch",
     "is_head_param",
+    "is_timm_name",
     "list_archs",
     "load_pretrained",
     "param_groups",

@@ -17,17 +17,23 @@ logger = logging.getLogger(__name__)
 
 
 def build(arch: str, *, classes: int, weights: str | Path | None = "imagenet") -> nn.Module:
-    """Build a torchvision backbone with cropdoc's head and its initial weights.
+    """Build a backbone with cropdoc's head and its initial weights.
 
-    The model is a plain torchvision module (no extra attributes); callers that need the
-    architecture's details keep the spec from :func:`~cropdoc.models.get_arch`.
+    A torchvision architecture is the plain torchvision module with its head replaced (no
+    extra attributes); a ``timm/<name>`` one is a
+    :class:`~cropdoc.models.timm_specs.TimmClassifier` (``backbone`` + ``head``). Callers
+    that need the architecture's details keep the spec from
+    :func:`~cropdoc.models.get_arch`.
 
     Args:
-        arch: Architecture name or alias (see :func:`~cropdoc.models.list_archs`).
+        arch: Architecture name or alias (see :func:`~cropdoc.models.list_archs`), or
+            ``timm/<model name>`` for any model of timm's zoo.
         classes: Number of output classes (at least 2).
-        weights: ``"imagenet"`` (torchvision's pretrained weights via the torch.hub cache),
+        weights: ``"imagenet"`` (torchvision's pretrained weights via the torch.hub cache;
+            for timm, its default pretrained tag via the Hugging Face hub cache),
             ``"none"``/``None`` (random init), or the path of a local ``.safetensors``,
-            ``.pth`` or ``.pt`` file (a full cropdoc model or a torchvision backbone).
+            ``.pth`` or ``.pt`` file (a full cropdoc model, or a torchvision or timm
+            backbone state dict whose own classifier is dropped).
 
     Returns:
         The model, in training mode, every parameter trainable.
@@ -47,8 +53,8 @@ def build(arch: str, *, classes: int, weights: str | Path | None = "imagenet") -
             "the dataset folder has one sub-folder per class, with at least two classes."
         )
     model = spec.builder(weights=None)
-    # The torchvision head is replaced before loading, so a file's head is matched against
-    # ours (loaded when it fits, skipped when it is torchvision's 1000-class head).
+    # The original head is replaced before loading, so a file's head is matched against
+    # ours (loaded when it fits, skipped when it is an ImageNet 1000-class head).
     setattr(model, spec.head_attr, build_head(spec.feature_width, classes, spec.activation))
     load_pretrained(model, spec, weights)
     logger.info("Built %s with %d classes (weights: %s).", spec.name, classes, weights)

@@ -30,14 +30,17 @@ epoch, since any ``model.train()`` (e.g. after evaluation) undoes it.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import nn
 
 from ..errors import ConfigError
+from .names import canonical_name, under
 from .registry import ArchSpec
 
 __all__ = [
+    "BatchNormPolicy",
     "FreezePolicy",
     "apply_policy",
     "freeze_backbone",
@@ -53,27 +56,6 @@ logger = logging.getLogger(__name__)
 
 FreezePolicy = Literal["head", "partial", "all"]
 
-# Prefixes added by wrappers around the raw model; names are matched without them.
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
-
-
-def _canonical_name(name: str) -> str:
-    """``name`` without wrapper prefixes (``module.``, ``_orig_mod.``), in any nesting."""
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in _WRAPPER_PREFIXES:
-            if name.startswith(prefix):
-                name = name[len(prefix) :]
-                stripped = True
-    return name
-
-
-def _under(name: str, prefix: str) -> bool:
-    """True if ``name`` is ``prefix`` or lies under it, on a dot boundary."""
-    return name == prefix or name.startswith(prefix + ".")
-
-
 def is_head_param(name: str, spec: ArchSpec) -> bool:
     """Whether the parameter (or buffer) ``name`` belongs to the head cropdoc attaches.
 
@@ -81,12 +63,12 @@ def is_head_param(name: str, spec: ArchSpec) -> bool:
         name: A name from ``named_parameters()`` or ``state_dict()``.
         spec: The model's architecture spec.
     """
-    return _under(_canonical_name(name), spec.head_attr)
+    return under(canonical_name(name), spec.head_attr)
 
 
 def _is_stage2_param(name: str, spec: ArchSpec) -> bool:
-    canonical = _canonical_name(name)
-    return any(_under(canonical, prefix) for prefix in spec.stage2_prefixes)
+    canonical = canonical_name(name)
+    return any(under(canonical, prefix) for prefix in spec.stage2_prefixes)
 
 
 def trainable_names(model: nn.Module) -> list[str]:
@@ -152,7 +134,7 @@ def partial_unfreeze(model: nn.Module, spec: ArchSpec) -> None:
     unmatched = [
         prefix
         for prefix in spec.stage2_prefixes
-        if not any(_under(_canonical_name(n), prefix) for n in names)
+        if not any(under(canonical_name(n), prefix) for n in names)
     ]
     if unmatched:
         raise ConfigError(
@@ -221,6 +203,42 @@ def set_train_mode(model: nn.Module, *, freeze_bn_stats: bool = True) -> nn.Modu
                 frozen += 1
     logger.debug("Train mode; %d frozen BatchNorm layers keep their running statistics.", frozen)
     return model
+
+
+@dataclass(frozen=True)
+class BatchNormPolicy:
+    """What BatchNorm layers do during training (see the module docs).
+
+    Attributes:
+        freeze_stats: frozen BatchNorm layers keep their running statistics (eval mode).
+        momentum: the running-statistics momentum to set on every BatchNorm layer, or None
+            to keep the architecture's own.
+    """
+
+    freeze_stats: bool
+    momentum: float | None
+
+    @classmethod
+    def resolve(
+        cls, bn_stats: str, bn_momentum: float | str, *, pretrained: bool
+    ) -> BatchNormPolicy:
+        """``auto`` settings: pretrained weights keep their statistics and momentum; a
+        random init updates statistics and uses momentum 0.1 (MobileNetV3's 0.01 leaves a
+        new model's statistics near their init for hundreds of steps)."""
+        freeze = pretrained if bn_stats == "auto" else bn_stats == "frozen"
+        if bn_momentum == "auto":
+            momentum = None if pretrained else 0.1
+        else:
+            momentum = float(bn_momentum)
+        return cls(freeze_stats=freeze, momentum=momentum)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Set the momentum on every BatchNorm layer of ``model`` (when one is set)."""
+        if self.momentum is not None:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.momentum = self.momentum
+        return model
 
 
 def param_groups(

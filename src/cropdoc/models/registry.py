@@ -2,19 +2,20 @@
 
 This is the only module in cropdoc that knows architecture specifics (attribute names,
 feature widths, which blocks form "the top of the backbone"). Everything else — the
-factory, freezing, parameter groups, weight loading, preprocessing — reads a spec, so
-adding an architecture means adding one ``register_arch(ArchSpec(...))`` call below and
-nothing else.
+factory, freezing, parameter groups, weight loading, preprocessing — reads a spec.
 
-Registration happens here, explicitly, at the bottom of this module; no other module
-registers anything on import.
+Two kinds of spec:
+
+* the seed's three torchvision architectures, declared by hand at the bottom of this
+  module (explicitly; no other module registers anything on import);
+* any timm model, as ``timm/<model name>``: its spec is *derived* from the model on first
+  lookup (:func:`~cropdoc.models.timm_specs.derive_timm_spec`) and cached, never
+  registered, so timm's 1,000+ models cost nothing until one is asked for.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from torch import nn
 from torchvision.models import (
@@ -25,9 +26,11 @@ from torchvision.models import (
     mobilenet_v3_small,
     resnet50,
 )
-from torchvision.models._api import WeightsEnum
 
 from ..errors import ConfigError
+from ..preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from .spec import ArchSpec
+from .timm_specs import TIMM_PREFIX, derive_timm_spec, is_timm_name
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -41,60 +44,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
 # Stage 2 of the block-list backbones unfreezes ``features[int(N * 0.7):]`` (seed: "last 30%
 # of features blocks"); kept in tenths so the split is exact integer arithmetic.
 _STAGE2_FROZEN_TENTHS = 7
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    """Everything generic code needs to know about one architecture.
-
-    Attributes:
-        name: Canonical name, used in configs, bundles and on the command line.
-        builder: torchvision constructor; called as ``builder(weights=None)``.
-        weights_enum: torchvision weights enum; ``weights_enum.DEFAULT`` is the ImageNet
-            checkpoint fetched for ``weights="imagenet"``.
-        head_attr: Attribute of the torchvision model that cropdoc replaces with its own
-            head; parameters under it form the "head" group.
-        feature_width: Width of the pooled features that feed the head.
-        activation: Activation used inside the head, matching the backbone's own.
-        stage2_prefixes: Module-name prefixes (matched on dot boundaries) unfrozen in
-            stage 2 besides the head.
-        aliases: Other accepted names (e.g. the seed's ``mobilenetv3``).
-        mean: Per-channel normalisation mean the pretrained weights expect.
-        std: Per-channel normalisation std the pretrained weights expect.
-        input_size: Square input side the pretrained weights were trained at.
-        gflops_224: Forward-pass GFLOPs (2 x multiply-accumulates) per 224 px image; sizes
-            the work per batch (how many threads pay) and the benchmarks' share of peak.
-        int8_op_types: ONNX op types the INT8 export tries to quantize first (it falls back
-            to convolutions only when the result disagrees with PyTorch too often).
-            EfficientNet-B0 adds its SiLU and squeeze-excitation ops (Sigmoid, Mul, Add):
-            left fp32, they put a dequantize/quantize pair around every convolution;
-            measured at 224 px, batch 1: 16.7 ms with convolutions only, 10.2 ms with them.
-    """
-
-    name: str
-    builder: Callable[..., nn.Module]
-    weights_enum: type[WeightsEnum]
-    head_attr: str
-    feature_width: int
-    activation: type[nn.Module]
-    stage2_prefixes: tuple[str, ...]
-    aliases: tuple[str, ...] = ()
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    input_size: int = 224
-    gflops_224: float = 1.0
-    int8_op_types: tuple[str, ...] = ("Conv",)
-
-
 # Canonical lower-case name -> spec; lower-case name or alias -> canonical lower-case name.
 _ARCHS: dict[str, ArchSpec] = {}
 _LOOKUP: dict[str, str] = {}
+# Derived timm specs, by lower-case name: derived once per process (a meta-device build).
+_DERIVED: dict[str, ArchSpec] = {}
 
 
 def register_arch(spec: ArchSpec) -> ArchSpec:
@@ -114,6 +73,8 @@ def register_arch(spec: ArchSpec) -> ArchSpec:
             not a user error, hence not a ``CropdocError``).
     """
     keys = [spec.name.lower(), *(alias.lower() for alias in spec.aliases)]
+    if any(is_timm_name(key) for key in keys):
+        raise ValueError(f"{TIMM_PREFIX!r} names are derived from timm, not registered: {keys}.")
     if len(set(keys)) != len(keys):
         raise ValueError(f"ArchSpec {spec.name!r} repeats a name among its aliases: {keys}.")
     for key in keys:
@@ -130,33 +91,45 @@ def register_arch(spec: ArchSpec) -> ArchSpec:
 
 
 def get_arch(name: str) -> ArchSpec:
-    """Return the spec registered under ``name`` or one of its aliases (case-insensitive).
+    """Return the spec of ``name``: a registered name or alias, or ``timm/<model name>``.
+
+    Lookups are case-insensitive. A timm spec is derived from the model on first use and
+    cached for the process.
 
     Args:
         name: Architecture name as typed by a user (``--arch``) or stored in a bundle.
 
     Returns:
-        The registered :class:`ArchSpec`.
+        The registered or derived :class:`ArchSpec`.
 
     Raises:
-        ConfigError: ``name`` is unknown; the message lists the accepted names.
+        ConfigError: ``name`` is unknown; the message lists the accepted names (for a
+            timm name: close matches among timm's models).
 
     >>> get_arch("MobileNetV3").name
     'mobilenet_v3_small'
+    >>> get_arch("timm/resnet18").stage2_prefixes
+    ('backbone.layer3.1', 'backbone.layer4')
     """
     key = name.lower().strip() if isinstance(name, str) else None
+    if key is not None and is_timm_name(key):
+        if key not in _DERIVED:
+            _DERIVED[key] = derive_timm_spec(key)
+        return _DERIVED[key]
     if key is None or key not in _LOOKUP:
         aliases = [f"{a} (= {s.name})" for s in _ARCHS.values() for a in s.aliases]
         alias_note = f"; aliases: {', '.join(aliases)}" if aliases else ""
         raise ConfigError(
             f"Unknown architecture {name!r}. Supported: {', '.join(list_archs())}"
-            f"{alias_note}. Pass one of them, e.g. --arch {list_archs()[0]}."
+            f"{alias_note}; or any timm model as {TIMM_PREFIX}<name> (e.g. "
+            f"{TIMM_PREFIX}convnext_atto). Pass one of them, e.g. --arch {list_archs()[0]}."
         )
     return _ARCHS[_LOOKUP[key]]
 
 
 def list_archs() -> list[str]:
-    """Canonical names of all registered architectures, in registration order."""
+    """Canonical names of the registered architectures, in registration order (timm's
+    models, any of ``timm.list_models()`` as ``timm/<name>``, are not listed)."""
     return [spec.name for spec in _ARCHS.values()]
 
 

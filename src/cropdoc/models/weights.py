@@ -7,15 +7,21 @@ Three sources, chosen by the ``weights`` argument of :func:`cropdoc.models.build
   A cached file is loaded without touching the network; otherwise it is downloaded once
   with a socket timeout, and any failure becomes a :class:`WeightsError` that says which
   file to place where, the URL to fetch it from, and the ``--weights`` alternatives, so an
-  offline machine fails fast with a fix instead of a traceback.
+  offline machine fails fast with a fix instead of a traceback. For ``timm/<name>``: the
+  file of timm's default pretrained tag through the Hugging Face hub cache
+  (:mod:`cropdoc.models.timm_weights`; the same fail-fast rule), or the torch.hub cache
+  for the few timm configs with only a URL.
 * ``None`` / ``"none"`` — keep the random initialisation (training from scratch).
 * a path — ``.safetensors``, or ``.pth``/``.pt`` read with ``torch.load(weights_only=True)``
   so a checkpoint can never run code on load. Accepted contents: a state dict, or a dict
   holding one under ``state_dict``, ``model_state_dict`` or ``model`` (the seed's format);
   keys may carry ``module.`` / ``_orig_mod.`` wrapper prefixes. The file may be a full
-  cropdoc model (its head is loaded when it fits) or a torchvision backbone (its own
-  ImageNet head is skipped). The backbone must match exactly; otherwise the error names
-  offending keys and the architecture the file seems to fit.
+  cropdoc model (its head is loaded when it fits) or a torchvision or timm backbone (its
+  own ImageNet classifier is skipped; for a timm architecture, timm's key names, e.g.
+  ``timm.create_model(name).state_dict()``). The backbone must match exactly — never a
+  partial load: otherwise nothing is loaded and the error gives the counts of matching,
+  missing and unexpected keys, names offending ones and the architecture the file seems
+  to fit.
 """
 
 from __future__ import annotations
@@ -35,8 +41,11 @@ import torch.hub
 from torch import nn
 
 from ..errors import WeightsError
-from .freeze import _canonical_name, is_head_param
+from .freeze import is_head_param
+from .names import canonical_name
 from .registry import ArchSpec, get_arch, list_archs
+from .timm_specs import TIMM_PREFIX
+from .timm_weights import fetch_timm_weights, to_model_keys
 
 __all__ = ["WeightsSource", "imagenet_cache_path", "load_pretrained", "load_state_file"]
 
@@ -74,7 +83,10 @@ def load_pretrained(
         logger.info("No pretrained weights for %s: random initialisation.", spec.name)
         return
     if isinstance(weights, str) and weights.strip().lower() == IMAGENET:
-        path = _fetch_imagenet(spec, timeout_s=timeout_s)
+        if spec.timm is not None and spec.timm.hf_hub_id:
+            path = fetch_timm_weights(spec, timeout_s=timeout_s)
+        else:
+            path = _fetch_imagenet(spec, timeout_s=timeout_s)
         state = _read_file(path, hint=_corrupt_cache_hint(path))
         _apply_state(model, spec, state, source=f"ImageNet weights {path}")
         return
@@ -84,9 +96,24 @@ def load_pretrained(
 
 
 def imagenet_cache_path(spec: ArchSpec) -> Path:
-    """Where torch.hub caches ``spec``'s ImageNet checkpoint (``TORCH_HOME`` is honoured)."""
-    url = spec.weights_enum.DEFAULT.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    """Where torch.hub caches ``spec``'s ImageNet checkpoint (``TORCH_HOME`` is honoured).
+
+    Raises:
+        WeightsError: ``spec`` has no torch.hub download (a timm model whose weights live
+            on the Hugging Face hub, or have none).
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(_imagenet_url(spec)).path).name
+
+
+def _imagenet_url(spec: ArchSpec) -> str:
+    if spec.weights_enum is not None:
+        return spec.weights_enum.DEFAULT.url
+    if spec.timm is not None and spec.timm.url:
+        return spec.timm.url
+    raise WeightsError(
+        f"timm has no pretrained weights for {spec.name}. Use --weights none (train from "
+        f"scratch) or --weights FILE (a local .safetensors/.pth state dict)."
+    )
 
 
 def load_state_file(path: Path) -> dict[str, torch.Tensor]:
@@ -155,31 +182,44 @@ def _flatten(raw: object, path: Path) -> dict[str, torch.Tensor]:
             f"a file saved from model.state_dict(), or a checkpoint holding one under "
             f"{' / '.join(_NESTED_KEYS)}."
         )
-    return {_canonical_name(str(k)): v for k, v in raw.items()}
+    return {canonical_name(str(k)): v for k, v in raw.items()}
 
 
 def _apply_state(
     model: nn.Module, spec: ArchSpec, state: dict[str, torch.Tensor], *, source: str
 ) -> None:
     """Load the backbone strictly and the head only if it is cropdoc's head of equal shape."""
+    original = state
+    state, dropped = to_model_keys(state, spec)
     expected = model.state_dict()
     problems = _backbone_problems(_shapes(expected), _shapes(state), spec)
     if problems:
-        fits = _guess_arch(state)
-        fit_note = (
-            f"The file seems to fit {fits!r}; use --arch {fits} or a file for {spec.name!r}."
-            if fits
-            else f"It fits none of the registered architectures ({', '.join(list_archs())})."
-        )
+        fits = _guess_arch(original)
+        if fits:
+            fit_note = (
+                f"The file seems to fit {fits!r}; use --arch {fits} or a file for {spec.name!r}."
+            )
+        else:
+            fit_note = (
+                f"It fits none of the registered architectures ({', '.join(list_archs())}); "
+                f"a timm model's state dict loads with --arch {TIMM_PREFIX}<its timm name>."
+            )
+        matching, total = _matching(_shapes(expected), _shapes(state), spec)
         raise WeightsError(
-            f"Weights from {source} do not fit {spec.name!r}: {'; '.join(problems)}. {fit_note}"
+            f"Weights from {source} do not fit {spec.name!r}, so none were loaded: "
+            f"{matching} of its {total} backbone tensors match by name and shape; "
+            f"{'; '.join(problems)}. {fit_note}"
         )
+    if dropped:
+        logger.info("Dropped %d tensors of timm's own classifier from %s.", len(dropped), source)
     to_load = {k: v for k, v in state.items() if not is_head_param(k, spec)}
     head_expected = {k: tuple(v.shape) for k, v in expected.items() if is_head_param(k, spec)}
     head_given = {k: tuple(v.shape) for k, v in state.items() if is_head_param(k, spec)}
     if head_given and head_given == head_expected:
         to_load.update({k: v for k, v in state.items() if is_head_param(k, spec)})
-        logger.info("Loaded %s into %s (backbone and head).", source, spec.name)
+        logger.info(
+            "Loaded %s into %s (backbone and head, %d tensors).", source, spec.name, len(to_load)
+        )
     else:
         reason = (
             "none in the file"
@@ -187,9 +227,11 @@ def _apply_state(
             else "a different head (e.g. torchvision's ImageNet classifier or another class count)"
         )
         logger.info(
-            "Loaded %s into %s backbone; head %r kept at random init (%s, %d keys skipped).",
+            "Loaded %s into %s backbone (%d tensors); head %r kept at random init (%s, %d "
+            "keys skipped).",
             source,
             spec.name,
+            len(to_load),
             spec.head_attr,
             reason,
             len(head_given),
@@ -220,6 +262,18 @@ def _backbone_problems(
     return problems
 
 
+def _matching(
+    expected: dict[str, tuple[int, ...]], given: dict[str, tuple[int, ...]], spec: ArchSpec
+) -> tuple[int, int]:
+    """``(backbone tensors of the model the file holds with the same shape, all of them)``."""
+    backbone = {
+        k: s
+        for k, s in expected.items()
+        if not is_head_param(k, spec) and not k.endswith(_OPTIONAL_SUFFIX)
+    }
+    return sum(given.get(k) == s for k, s in backbone.items()), len(backbone)
+
+
 def _guess_arch(state: Mapping[str, torch.Tensor]) -> str | None:
     """The registered architecture whose backbone ``state`` fits, if any.
 
@@ -246,7 +300,7 @@ def _fetch_imagenet(spec: ArchSpec, *, timeout_s: float) -> Path:
     if target.is_file():
         logger.info("Using cached ImageNet weights for %s: %s", spec.name, target)
         return target
-    url = spec.weights_enum.DEFAULT.url
+    url = _imagenet_url(spec)
     match = _HASH_RE.search(target.name)
     logger.info("Downloading ImageNet weights for %s from %s to %s", spec.name, url, target)
     previous_timeout = socket.getdefaulttimeout()

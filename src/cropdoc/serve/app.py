@@ -6,17 +6,16 @@ upload gets a 4xx JSON error naming the file and what to do, never a 500, and th
 keeps serving. Decoding runs in a worker thread per request, so one slow request does not
 block the event loop (health checks stay responsive while a batch is predicted); the
 forward passes of concurrent requests are then merged by a
-:class:`~cropdoc.inference.predictor.MicroBatcher` (dynamic micro-batching: up to
-``batch_max`` images, waiting at most ``batch_wait_ms`` for company), which is what lets a
-server under load approach offline batch throughput.
+:class:`~cropdoc.inference.MicroBatcher` (dynamic micro-batching: up to ``batch_max``
+images, waiting at most ``batch_wait_ms`` for company), which is what lets a server under
+load approach offline batch throughput. How many server processes run, and how they
+start, is :mod:`cropdoc.serve.workers`'s business.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -30,19 +29,16 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__
-from ..data.inspect import class_label
+from ..classnames import class_label
+from ..diseases import disease_info
 from ..errors import ConfigError
-from ..inference.predictor import MicroBatcher, Prediction, Predictor, load_predictor
-from .diseases import disease_info
+from ..inference import DEFAULT_BATCH_SIZE, MicroBatcher, Prediction, Predictor
+from ..version import __version__
 
 __all__ = [
     "DEFAULT_LOW_CONFIDENCE",
-    "WORKER_ENV",
     "ServeSettings",
-    "app_from_env",
     "create_app",
-    "worker_env",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -84,7 +80,7 @@ class ServeSettings:
     max_pixels: int = 40_000_000
     low_confidence: float = DEFAULT_LOW_CONFIDENCE
     top_k: int = 3
-    batch_max: int = 32
+    batch_max: int = DEFAULT_BATCH_SIZE
     batch_wait_ms: float = 5.0
 
     def __post_init__(self) -> None:
@@ -270,37 +266,6 @@ def _page() -> str:
 # --------------------------------------------------------------------------- app
 
 
-#: Environment variable through which ``cropdoc serve --workers N`` tells each worker
-#: process what to serve (see :func:`app_from_env`).
-WORKER_ENV = "CROPDOC_SERVE_WORKER"
-
-
-def worker_env(bundle: str, backend: str, settings: ServeSettings, threads: int) -> str:
-    """The :data:`WORKER_ENV` value for worker processes serving ``bundle``."""
-    spec = {"bundle": bundle, "backend": backend, "threads": threads}
-    return json.dumps({**spec, "settings": asdict(settings)})
-
-
-def app_from_env() -> FastAPI:
-    """App factory for worker processes (``uvicorn cropdoc.serve.app:app_from_env --factory``).
-
-    ``cropdoc serve --workers N`` runs N processes on one socket: one Python process
-    parses HTTP and multipart under one GIL and, measured on 2 cores with 16 clients, used
-    1.3 of the 2 cores (349 img/s against 573 offline); two processes with one
-    onnxruntime thread each served 572 img/s.
-    """
-    spec = json.loads(os.environ[WORKER_ENV])
-    threads = int(spec["threads"])
-    predictor = load_predictor(
-        spec["bundle"], backend=spec["backend"], threads=threads, export_if_missing=False
-    )
-    if spec["backend"] == "torch":
-        import torch
-
-        torch.set_num_threads(threads)
-    return create_app(predictor, ServeSettings(**spec["settings"]))
-
-
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """Build the app serving ``predictor``.
 
@@ -313,6 +278,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     Example:
         >>> import uvicorn  # doctest: +SKIP
+        >>> from cropdoc.inference import load_predictor  # doctest: +SKIP
         >>> app = create_app(load_predictor("runs/effb0/model", backend="onnx"))  # doctest: +SKIP
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
@@ -334,6 +300,15 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     app.router.on_shutdown.append(batcher.close)
     model_summary = {"arch": meta.arch, "backend": predictor.backend, "classes": meta.num_classes}
 
+    _add_error_handlers(app)
+    _add_info_routes(app, predictor, settings, model_summary)
+    _add_predict_route(app, batcher, settings, model_summary)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is a JSON body with a code and a message; never a bare 500."""
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         fields = sorted({".".join(str(p) for p in e.get("loc", [])[1:]) for e in exc.errors()})
@@ -354,6 +329,13 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         _logger.exception("internal error on %s", request.url.path)
         return _error(500, "internal_error", "internal server error; see the server log")
 
+
+def _add_info_routes(
+    app: FastAPI, predictor: Predictor, settings: ServeSettings, model_summary: dict[str, Any]
+) -> None:
+    """``/`` (the page), ``/health`` and ``/model``."""
+    meta = predictor.meta
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
         return HTMLResponse(_page())
@@ -365,15 +347,14 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     @app.get("/model")
     async def model() -> dict[str, Any]:
-        """What is being served: architecture, classes, input size, metrics, versions."""
+        """What is being served: architecture, classes, preprocessing, metrics, versions."""
         return {
             "arch": meta.arch,
             "backend": predictor.backend,
             "classes": meta.classes,
             "labels": [class_label(c) for c in meta.classes],
             "num_classes": meta.num_classes,
-            "image_size": meta.image_size,
-            "resize_size": meta.resize_size,
+            "preprocessing": meta.preprocessing.model_dump(mode="json"),
             "temperature": meta.temperature,
             "metrics": meta.metrics,
             "best": meta.best,
@@ -386,6 +367,12 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             "max_upload_mb": settings.max_upload_mb,
             "max_files": settings.max_files,
         }
+
+
+def _add_predict_route(
+    app: FastAPI, batcher: MicroBatcher, settings: ServeSettings, model_summary: dict[str, Any]
+) -> None:
+    """``POST /predict``: photos in, diagnoses out, through the micro-batcher."""
 
     @app.post(
         "/predict",
@@ -438,5 +425,3 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
             return _error(status, code, f"{first.filename}: {first.error}", results)
         body = PredictResponse(results=results, model=model_summary)
         return JSONResponse(body.model_dump(by_alias=True))
-
-    return app

@@ -18,7 +18,10 @@ import torch
 from ..errors import BundleError
 from ..io import atomic_path
 
-__all__ = ["CHECKPOINT_KEYS", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "load_checkpoint", "save_checkpoint"]
+
+#: Version of the ``last.ckpt`` layout (:meth:`Trainer.state_dict`).
+CHECKPOINT_FORMAT = 1
 
 _logger = logging.getLogger(__name__)
 

@@ -21,14 +21,26 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..config import StageConfig
 from ..io import atomic_write_json
+from ..models import apply_policy, build, get_arch, set_train_mode
 
-__all__ = ["cpu_probe_applies", "cpu_supports_bf16", "probe_cpu_precision", "resolve_precision"]
+__all__ = [
+    "PrecisionPlan",
+    "cpu_probe_applies",
+    "cpu_supports_bf16",
+    "plan_precision",
+    "probe_cpu_precision",
+    "probe_stage_precision",
+    "resolve_precision",
+]
 
 _logger = logging.getLogger(__name__)
 
@@ -166,3 +178,80 @@ def resolve_precision(
     if not cpu_supports_bf16():
         return "32-true"
     return probe() if probe is not None else "bf16-mixed"
+
+
+def probe_stage_precision(
+    arch: str, trainable: str, *, image_size: int, freeze_bn_stats: bool
+) -> str:
+    """Measure bf16 against fp32 for ``arch`` trained with ``trainable`` (cached per stage).
+
+    The probe's model is set up as the stage trains it: the frozen layers, and frozen
+    BatchNorm layers in eval mode when ``freeze_bn_stats``.
+    """
+    spec = get_arch(arch)
+
+    def make_model() -> nn.Module:
+        model = build(spec.name, classes=2, weights="none")
+        apply_policy(model, spec, trainable)
+        return set_train_mode(model, freeze_bn_stats=freeze_bn_stats)
+
+    return probe_cpu_precision(make_model, f"{spec.name}/{trainable}", image_size=image_size)
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """The run's numeric precision, resolved once: what Fabric runs, and per stage.
+
+    Attributes:
+        fabric: the Fabric precision string (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``).
+        by_stage: stage name → ``"bf16-mixed"`` or ``"32-true"`` when measured per stage
+            (``auto`` on a bf16 CPU); Fabric then runs fp32 and those stages run under
+            bf16 autocast. Empty: Fabric's precision everywhere.
+    """
+
+    fabric: str
+    by_stage: dict[str, str] = field(default_factory=dict)
+
+    def stage(self, name: str) -> str:
+        """The precision stage ``name`` trains in."""
+        return self.by_stage.get(name, self.fabric)
+
+    def autocast(self, stage: str | None, device_type: str) -> AbstractContextManager:
+        """bf16 autocast for a stage measured faster in it (inside Fabric's own, which wins)."""
+        bf16 = stage is not None and self.by_stage.get(stage) == "bf16-mixed"
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+
+    def describe(self) -> str:
+        """``bf16-mixed``, or per stage: ``feature_extraction bf16-mixed, refinement 32-true``."""
+        if not self.by_stage:
+            return self.fabric
+        if len(set(self.by_stage.values())) == 1:
+            return next(iter(self.by_stage.values()))
+        return ", ".join(f"{name} {p}" for name, p in self.by_stage.items())
+
+
+def plan_precision(
+    precision: str,
+    accelerator: str,
+    *,
+    arch: str,
+    stages: list[StageConfig],
+    image_size: int,
+    freeze_bn_stats: bool,
+) -> PrecisionPlan:
+    """Resolve the user's ``auto|32|bf16|16`` into a :class:`PrecisionPlan` for the run.
+
+    ``auto`` on a bf16-capable CPU: the faster precision depends on what is trainable, so
+    it is probed once per trainable set (cached across runs).
+    """
+    if not cpu_probe_applies(precision, accelerator):
+        return PrecisionPlan(fabric=resolve_precision(precision, accelerator))
+    by_trainable: dict[str, str] = {}
+    by_stage: dict[str, str] = {}
+    for stage in stages:
+        if stage.trainable not in by_trainable:
+            by_trainable[stage.trainable] = probe_stage_precision(
+                arch, stage.trainable, image_size=image_size, freeze_bn_stats=freeze_bn_stats
+            )
+        by_stage[stage.name] = by_trainable[stage.trainable]
+    return PrecisionPlan(fabric="32-true", by_stage=by_stage)

@@ -59,17 +59,28 @@ def resolve_stages(config: TrainConfig) -> list[StageConfig]:
                     "--recipe three-stage to force the seed recipe"
                 )
         stages = list(THREE_STAGE if recipe == "three-stage" else SCRATCH_STAGES)
-    if config.stage_epochs is not None:
-        if len(config.stage_epochs) != len(stages):
-            raise ConfigError(
-                f"--stage-epochs has {len(config.stage_epochs)} value(s) but the recipe has "
-                f"{len(stages)} stage(s) ({', '.join(s.name for s in stages)}); give one "
-                f"number per stage, e.g. {','.join(str(s.epochs) for s in stages)}"
-            )
+    stages = _per_stage(stages, config.stage_epochs, "epochs", "--stage-epochs")
+    stages = _per_stage(stages, config.stage_lrs, "lr", "--stage-lrs")
+    if config.backbone_lr is not None:
         stages = [
-            s.model_copy(update={"epochs": e})
-            for s, e in zip(stages, config.stage_epochs, strict=True)
+            s.model_copy(update={"backbone_lr": config.backbone_lr}) if s.backbone_lr else s
+            for s in stages
         ]
     if not any(s.epochs > 0 for s in stages):
         raise ConfigError("every stage has 0 epochs: nothing would be trained")
     return stages
+
+
+def _per_stage(
+    stages: list[StageConfig], values: list | None, key: str, option: str
+) -> list[StageConfig]:
+    """``stages`` with one value per stage of ``key`` replaced (``--stage-epochs`` and co)."""
+    if values is None:
+        return stages
+    if len(values) != len(stages):
+        raise ConfigError(
+            f"{option} has {len(values)} value(s) but the recipe has {len(stages)} stage(s) "
+            f"({', '.join(s.name for s in stages)}); give one number per stage, e.g. "
+            f"{','.join(f'{getattr(s, key):g}' for s in stages)}"
+        )
+    return [s.model_copy(update={key: v}) for s, v in zip(stages, values, strict=True)]

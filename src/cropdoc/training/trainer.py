@@ -16,7 +16,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from ..bundle import BundleMeta, save_bundle
 from ..config import OptimConfig, StageConfig
-from ..data.loaders import compute_threads
+from ..cpu import compute_threads, torch_threads
 from ..errors import TrainingError
 from ..io import atomic_write_text
 from ..models import ArchSpec, apply_policy, param_groups, set_train_mode
-from .checkpoint import save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
 from .early_stopping import EarlyStopping
+from .precision import PrecisionPlan
 from .scheduler import create_scheduler
 
 __all__ = ["EpochStats", "HISTORY_COLUMNS", "Trainer", "evaluate", "seed_epoch", "write_history"]
@@ -82,10 +84,13 @@ def seed_epoch(seed: int, global_epoch: int) -> None:
     torch.manual_seed(s)
 
 
-def _split_cpu(fabric: Fabric, loader: Any, gflop_per_image: float) -> None:
-    """On a CPU, size the compute threads beside the loader's workers (``compute_threads``)."""
+def cpu_threads(fabric: Fabric, loader: Any, gflop_per_image: float) -> int | None:
+    """On a CPU, the compute threads to run beside the loader's workers (``compute_threads``).
+
+    None on other devices (their thread count does not matter).
+    """
     if fabric.device.type != "cpu":
-        return
+        return None
     inner = loader
     if getattr(inner, "num_workers", None) is None:  # Fabric's wrapper, or a benchmark's
         inner = getattr(loader, "_dataloader", None) or getattr(loader, "loader", None)
@@ -98,14 +103,8 @@ def _split_cpu(fabric: Fabric, loader: Any, gflop_per_image: float) -> None:
     threads = compute_threads(
         workers, local_processes, light_workers=light, batch_gflop=gflop_per_image * batch
     )
-    if torch.get_num_threads() != threads:
-        _logger.info("CPU split: %d loader worker(s), %d compute thread(s)", workers, threads)
-        torch.set_num_threads(threads)
-
-
-def _autocast(fabric: Fabric, bf16: bool) -> torch.autocast:
-    """bf16 autocast for a stage measured faster in it (inside Fabric's own, which wins)."""
-    return torch.autocast(fabric.device.type, dtype=torch.bfloat16, enabled=bf16)
+    _logger.info("CPU split: %d loader worker(s), %d compute thread(s)", workers, threads)
+    return threads
 
 
 def _to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -121,12 +120,12 @@ def evaluate(
     num_classes: int,
     *,
     channels_last: bool = True,
-    bf16: bool = False,
+    autocast: AbstractContextManager | None = None,
 ) -> dict[str, float]:
     """Loss, accuracy and macro-F1 of ``model`` on every sample of ``loader`` (no padding).
 
     Each process evaluates the whole loader, so the figures are exact under DDP too.
-    ``bf16``: forward under bf16 autocast (a stage that trains in bf16 validates in it).
+    ``autocast``: the stage's autocast (a stage that trains in bf16 validates in it).
     """
     model.eval()
     acc = MulticlassAccuracy(num_classes, average="micro", sync_on_compute=False).to(fabric.device)
@@ -134,7 +133,7 @@ def evaluate(
     total_loss, seen = 0.0, 0
     for x, y in loader:
         x, y = _to_input(x.to(fabric.device), channels_last), y.to(fabric.device)
-        with _autocast(fabric, bf16):
+        with autocast or nullcontext():
             logits = model(x).float()
         total_loss += criterion(logits, y).item() * y.numel()
         seen += y.numel()
@@ -163,14 +162,16 @@ class Trainer:
         optim: the shared optimizer / regularization settings.
         run_dir: where ``model/``, ``last.ckpt`` and ``history.csv`` go.
         meta: bundle metadata template (arch, classes, preprocessing, recipe).
+        precision: the run's precision plan (bf16 autocast for the stages measured faster
+            in it).
         seed: base seed for per-epoch reseeding.
         class_weights: per-class loss weights (``--balance loss``) or None.
         channels_last: feed NHWC tensors (faster convolutions on CPU and GPU).
         freeze_bn_stats: frozen BatchNorm layers keep their running statistics.
         show_progress: a progress bar per epoch on global rank zero.
-        stage_precision: stage name → ``"bf16-mixed"`` or ``"32-true"`` measured for it
-            (``--precision auto`` on a CPU); bf16 stages run under bf16 autocast. Empty:
-            Fabric's precision everywhere.
+
+    Resume: :meth:`state_dict` is what ``last.ckpt`` holds after every epoch;
+    :meth:`load_state_dict` restores it, and :attr:`position` then says where to go on.
     """
 
     def __init__(
@@ -182,12 +183,12 @@ class Trainer:
         optim: OptimConfig,
         run_dir: Path,
         meta: BundleMeta,
+        precision: PrecisionPlan,
         seed: int = 42,
         class_weights: torch.Tensor | None = None,
         channels_last: bool = True,
         freeze_bn_stats: bool = True,
         show_progress: bool = True,
-        stage_precision: Mapping[str, str] | None = None,
     ) -> None:
         self.fabric = fabric
         self.raw_model = model
@@ -195,12 +196,11 @@ class Trainer:
         self.optim = optim
         self.run_dir = Path(run_dir)
         self.meta = meta
+        self.precision = precision
         self.seed = seed
         self.channels_last = channels_last
         self.freeze_bn_stats = freeze_bn_stats
         self.show_progress = show_progress
-        self.stage_precision = dict(stage_precision or {})
-        self.bf16 = False
         self.num_classes = meta.num_classes
         weight = class_weights.to(fabric.device) if class_weights is not None else None
         self.criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=optim.label_smoothing)
@@ -212,12 +212,70 @@ class Trainer:
         self.model: nn.Module | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.early_stopping: EarlyStopping | None = None
+        self._stage: StageConfig | None = None
+        self._stage_index = 0
+        self._epoch = 0  # epochs done in the current stage
+        self._stage_done = False
+        self._resume: dict[str, Any] | None = None
+
+    # -- resume state ----------------------------------------------------------------
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(stage index, epoch within it)`` where training goes on: (0, 0) for a new run."""
+        if self._stage_done:
+            return self._stage_index + 1, 0
+        return self._stage_index, self._epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this epoch ended (``last.ckpt``)."""
+        assert self.optimizer is not None and self.scheduler is not None, "no stage set up"
+        assert self.early_stopping is not None
+        return {
+            "format_version": CHECKPOINT_FORMAT,
+            "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "stage": self._stage_index,
+            "epoch": self._epoch,
+            "stage_done": self._stage_done,
+            "global_epoch": self.global_epoch,
+            "early_stopping": self.early_stopping.state_dict(),
+            "best_f1": self.best_f1,
+            "history": [asdict(r) for r in self.history],
+            "seed": self.seed,
+        }
+
+    def load_state_dict(
+        self, state: dict[str, Any], *, best_state: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Restore a :meth:`state_dict`; the optimizer, scheduler and early-stopping state
+        apply when :meth:`setup_stage` sets up the interrupted stage again.
+
+        Args:
+            state: a checkpoint as :func:`~cropdoc.training.checkpoint.load_checkpoint`
+                returns it (keys already checked).
+            best_state: the best weights so far (the bundle's), restored at stage ends.
+        """
+        self.raw_model.load_state_dict(state["model"])
+        self.history = [EpochStats(**r) for r in state["history"]]
+        self.best_f1 = float(state["best_f1"])
+        self.global_epoch = int(state["global_epoch"])
+        self.best_state = best_state
+        self._stage_index = int(state["stage"])
+        self._epoch = int(state["epoch"])
+        self._stage_done = bool(state["stage_done"])
+        if not self._stage_done:
+            self._resume = {k: state[k] for k in ("optimizer", "scheduler", "early_stopping")}
 
     # -- stage set-up -------------------------------------------------------------------
-    def setup_stage(self, stage: StageConfig, steps_per_epoch: int) -> None:
-        """Freeze policy → param groups → AdamW + cosine → ``fabric.setup``."""
+    def setup_stage(self, stage: StageConfig, index: int, steps_per_epoch: int) -> None:
+        """Freeze policy → param groups → AdamW + cosine → ``fabric.setup``.
+
+        Setting up the stage a loaded checkpoint interrupted restores its optimizer,
+        scheduler and early-stopping state.
+        """
         apply_policy(self.raw_model, self.spec, stage.trainable)
-        self.bf16 = self.stage_precision.get(stage.name) == "bf16-mixed"
         groups = param_groups(
             self.raw_model,
             self.spec,
@@ -233,15 +291,30 @@ class Trainer:
             eta_min=self.optim.eta_min,
             warmup_steps=round(stage.warmup_epochs * steps_per_epoch),
         )
+        self.early_stopping = EarlyStopping(
+            patience=stage.patience or self.optim.patience, min_delta=self.optim.min_delta
+        )
+        resumed = self._resume is not None and index == self._stage_index
+        if resumed:
+            optimizer.load_state_dict(self._resume["optimizer"])
+            self.scheduler.load_state_dict(self._resume["scheduler"])
+            self.early_stopping.load_state_dict(self._resume["early_stopping"])
+            self._resume = None
+        else:
+            self._epoch = 0
+        self._stage, self._stage_index, self._stage_done = stage, index, False
         self.model, self.optimizer = self.fabric.setup(self.raw_model, optimizer)
         _logger.debug("param groups: %s", [(g["name"], g["lr"], len(g["params"])) for g in groups])
+
+    def autocast(self) -> AbstractContextManager:
+        """The current stage's autocast (bf16 where the precision plan measured it faster)."""
+        name = self._stage.name if self._stage is not None else None
+        return self.precision.autocast(name, self.fabric.device.type)
 
     # -- one epoch -----------------------------------------------------------------------
     def train_one_epoch(self, loader: torch.utils.data.DataLoader, desc: str) -> dict[str, float]:
         assert self.model is not None and self.optimizer is not None and self.scheduler is not None
         fabric, model, optimizer = self.fabric, self.model, self.optimizer
-        gflop = self.spec.gflops_224 * (self.meta.image_size / 224) ** 2
-        _split_cpu(fabric, loader, gflop)
         set_train_mode(model, freeze_bn_stats=self.freeze_bn_stats)
         total = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # loss*n, correct, n
         data_wait = 0.0
@@ -250,7 +323,7 @@ class Trainer:
         for x, y in loader:
             data_wait += time.perf_counter() - tick
             x = _to_input(x, self.channels_last)
-            with _autocast(fabric, self.bf16):
+            with self.autocast():
                 logits = model(x)
             loss = self.criterion(logits.float(), y)
             if not torch.isfinite(loss):
@@ -323,92 +396,88 @@ class Trainer:
         self,
         train_loader: torch.utils.data.DataLoader,
         val_loader: torch.utils.data.DataLoader,
-        num_epochs: int,
-        *,
-        stage: StageConfig,
-        stage_index: int = 0,
-        start_epoch: int = 0,
-        early_stopping: EarlyStopping | None = None,
-    ) -> EarlyStopping:
-        """Train one stage for up to ``num_epochs`` epochs (early stopping on val macro-F1).
+    ) -> None:
+        """Train the stage :meth:`setup_stage` set up, from where it stands, to its end or
+        early stop (on val macro-F1).
 
-        Call :meth:`setup_stage` first (or after loading a resume checkpoint). The best
-        model across all stages is saved as the bundle; ``last.ckpt`` is written after
-        every epoch. At the end the model holds the best weights seen so far, so the
-        next stage starts from them.
-
-        Returns:
-            The stage's early-stopping state.
+        The best model across all stages is saved as the bundle; ``last.ckpt`` is written
+        after every epoch. At the end the model holds the best weights seen so far, so the
+        next stage starts from them. Compute threads are set for the stage and restored.
         """
-        es = early_stopping or EarlyStopping(
-            patience=stage.patience or self.optim.patience, min_delta=self.optim.min_delta
+        assert self._stage is not None and self.early_stopping is not None, "no stage set up"
+        size = self.meta.preprocessing.image_size
+        gflop = self.spec.gflops_224 * (size / 224) ** 2
+        with torch_threads(cpu_threads(self.fabric, train_loader, gflop)):
+            while self._epoch < self._stage.epochs and not self._stage_done:
+                self._run_epoch(train_loader, val_loader)
+
+    def _run_epoch(
+        self, train_loader: torch.utils.data.DataLoader, val_loader: torch.utils.data.DataLoader
+    ) -> None:
+        stage, es = self._stage, self.early_stopping
+        assert stage is not None and es is not None and self.optimizer is not None
+        seed_epoch(self.seed, self.global_epoch)
+        lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
+        desc = f"stage {self._stage_index + 1} {stage.name} epoch {self._epoch + 1}/{stage.epochs}"
+        train = self.train_one_epoch(train_loader, desc)
+        val = evaluate(
+            self.fabric,
+            self.model,
+            self.eval_criterion,
+            val_loader,
+            self.num_classes,
+            channels_last=self.channels_last,
+            autocast=self.autocast(),
         )
-        stopped = False
-        for epoch in range(start_epoch, num_epochs):
-            seed_epoch(self.seed, self.global_epoch)
-            assert self.optimizer is not None
-            lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
-            desc = f"stage {stage_index + 1} {stage.name} epoch {epoch + 1}/{num_epochs}"
-            train = self.train_one_epoch(train_loader, desc)
-            val = evaluate(
-                self.fabric,
-                self.model,
-                self.eval_criterion,
-                val_loader,
-                self.num_classes,
-                channels_last=self.channels_last,
-                bf16=self.bf16,
-            )
-            row = EpochStats(
-                stage=stage_index + 1,
-                stage_name=stage.name,
-                epoch=epoch + 1,
-                lr=lr,
-                train_loss=train["loss"],
-                train_acc=train["acc"],
-                val_loss=val["loss"],
-                val_acc=val["acc"],
-                val_f1=val["f1"],
-                epoch_time_s=train["time"],
-                train_images_per_s=train["n"] / max(train["time"], 1e-9),
-                data_wait_s=train["data_wait"],
-            )
-            self.history.append(row)
-            self.global_epoch += 1
-            stopped = es.step(val["f1"])
-            improved_global = val["f1"] > self.best_f1
-            if improved_global:
-                self.best_f1 = val["f1"]
-                self.best_state = {
-                    k: v.detach().clone() for k, v in self.raw_model.state_dict().items()
-                }
-                self._save_bundle(row)
+        self._epoch += 1
+        row = EpochStats(
+            stage=self._stage_index + 1,
+            stage_name=stage.name,
+            epoch=self._epoch,
+            lr=lr,
+            train_loss=train["loss"],
+            train_acc=train["acc"],
+            val_loss=val["loss"],
+            val_acc=val["acc"],
+            val_f1=val["f1"],
+            epoch_time_s=train["time"],
+            train_images_per_s=train["n"] / max(train["time"], 1e-9),
+            data_wait_s=train["data_wait"],
+        )
+        self.history.append(row)
+        self.global_epoch += 1
+        stopped = es.step(val["f1"])
+        improved = val["f1"] > self.best_f1
+        if improved:
+            self.best_f1 = val["f1"]
+            self.best_state = {
+                k: v.detach().clone() for k, v in self.raw_model.state_dict().items()
+            }
+            self._save_bundle(row)
+        _logger.info(
+            "%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.4f%s | lr %.2e | "
+            "%.1fs %.0f img/s",
+            desc,
+            row.train_loss,
+            row.train_acc,
+            row.val_loss,
+            row.val_acc,
+            row.val_f1,
+            " (best)" if improved else "",
+            lr,
+            row.epoch_time_s,
+            row.train_images_per_s,
+        )
+        self._stage_done = stopped or self._epoch == stage.epochs
+        if self._stage_done:
+            self.restore_best()
+        self._save_checkpoint()
+        if stopped:
             _logger.info(
-                "%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.4f%s | lr %.2e | "
-                "%.1fs %.0f img/s",
-                desc,
-                row.train_loss,
-                row.train_acc,
-                row.val_loss,
-                row.val_acc,
-                row.val_f1,
-                " (best)" if improved_global else "",
-                lr,
-                row.epoch_time_s,
-                row.train_images_per_s,
+                "early stopping: val macro-F1 did not improve for %d epochs (best %.4f)",
+                es.patience,
+                es.best_score,
             )
-            stage_done = stopped or epoch + 1 == num_epochs
-            if stage_done:
-                self.restore_best()
-            self._save_checkpoint(stage_index, epoch + 1, stage_done, es)
-            if stopped:
-                _logger.info(
-                    "early stopping: val macro-F1 did not improve for %d epochs (best %.4f)",
-                    es.patience,
-                    es.best_score,
-                )
-                break
-        return es
 
     def restore_best(self) -> None:
         """Load the best weights seen so far into the model (no-op before any epoch)."""
@@ -430,27 +499,8 @@ class Trainer:
         }
         save_bundle(self.run_dir / "model", self.raw_model, self.meta)
 
-    def _save_checkpoint(
-        self, stage_index: int, epoch: int, stage_done: bool, es: EarlyStopping
-    ) -> None:
+    def _save_checkpoint(self) -> None:
         if self.fabric.is_global_zero:
             write_history(self.run_dir / "history.csv", self.history)
-            assert self.optimizer is not None and self.scheduler is not None
-            save_checkpoint(
-                self.run_dir / "last.ckpt",
-                {
-                    "format_version": 1,
-                    "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "stage": stage_index,
-                    "epoch": epoch,
-                    "stage_done": stage_done,
-                    "global_epoch": self.global_epoch,
-                    "early_stopping": es.state_dict(),
-                    "best_f1": self.best_f1,
-                    "history": [asdict(r) for r in self.history],
-                    "seed": self.seed,
-                },
-            )
+            save_checkpoint(self.run_dir / "last.ckpt", self.state_dict())
         self.fabric.barrier()

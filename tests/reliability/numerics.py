@@ -8,8 +8,8 @@ process: the same global batch). Shuffling differs (DistributedSampler) and Batc
 half batches, so runs are not bitwise equal; the bar is the seed-to-seed difference of two
 single-process runs plus a stated margin (see :func:`ddp_parity`).
 
-    python -m benchmarks.reliability.numerics            # NaN/inf only (CI)
-    python -m benchmarks.reliability.numerics --full     # and DDP parity
+    python -m tests.reliability.numerics            # NaN/inf only (CI)
+    python -m tests.reliability.numerics --full     # and DDP parity
 """
 
 from __future__ import annotations
@@ -24,8 +24,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, cropdoc_cmd, emit, tiny_dataset, write_config
-from .disk_full import _clear, _cli, _error_lines, _patched
+from tests.helpers import (
+    REPO,
+    clear_error,
+    cli_in_process,
+    cropdoc_cmd,
+    emit,
+    error_lines,
+    patched,
+    tiny_dataset,
+    write_config,
+)
 
 #: DDP parity margin (absolute) on top of the seed-to-seed difference: losses, accuracies.
 DDP_LOSS_TOL, DDP_ACC_TOL = 0.05, 0.10
@@ -71,12 +80,13 @@ def nan_stop(data: Path, work: Path, values: tuple[str, ...] = ("nan", "inf")) -
         shutil.rmtree(run, ignore_errors=True)
         forward, epoch_fn = _poisoned_forward(value, epoch=2)
         with (
-            _patched(torch.nn.CrossEntropyLoss, "forward", forward),
-            _patched(trainer_mod.Trainer, "train_one_epoch", epoch_fn),
+            patched(torch.nn.CrossEntropyLoss, "forward", forward),
+            patched(trainer_mod.Trainer, "train_one_epoch", epoch_fn),
         ):
-            code, stderr = _cli(["train", str(data), "--out", str(run), "--config", str(config)])
-        row: dict[str, Any] = {"loss": label, "exit_code": code, "message": _error_lines(stderr)}
-        row["clear_error"] = _clear(code, stderr, label, "best bundle")
+            argv = ["train", str(data), "--out", str(run), "--config", str(config)]
+            code, stderr = cli_in_process(argv)
+        row: dict[str, Any] = {"loss": label, "exit_code": code, "message": error_lines(stderr)}
+        row["clear_error"] = clear_error(code, stderr, label, "best bundle")
         try:
             bundle = load_bundle(run / "model")
             row["best_bundle_kept"] = bundle.meta.best.get("global_epoch") == 1

@@ -18,9 +18,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import StageConfig, TrainConfig, load_config
-from .data.synthetic import generate_dataset
-from .training.run import TrainResult, train
+from ..config import StageConfig, TrainConfig, load_config
+from ..data.synthetic import generate_dataset
+from ..training import TrainResult
+from .train import train
 
 __all__ = ["DEMO_STAGES", "demo_config", "run_demo"]
 

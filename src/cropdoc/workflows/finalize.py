@@ -8,9 +8,13 @@ import os
 from pathlib import Path
 
 from ..data.split import SplitManifest
-from .calibration import CalibrationResult, calibrate_run
-from .evaluate import EvaluationResult, evaluate_bundle
-from .report import write_run_report
+from ..evaluation import (
+    CalibrationResult,
+    EvaluationResult,
+    calibrate_run,
+    evaluate_bundle,
+    write_run_report,
+)
 
 __all__ = ["finalize_run"]
 

@@ -5,7 +5,7 @@ Pickle payloads (``last.ckpt``, ``.pth`` weights) must be refused *without runni
 weights must give a clear error; a file name from a bundle that points outside it must be
 ignored. Upload file names are covered by :mod:`uploads` (they are only echoed).
 
-    python -m benchmarks.reliability.hostile_files
+    python -m tests.reliability.hostile_files
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import emit, tiny_bundle_meta
+from tests.helpers import emit, tiny_bundle_meta
 
 MARKER = "PWNED_BY_PICKLE"
 
@@ -67,7 +67,7 @@ def cases(work: Path) -> list[tuple[str, Callable[[], Any]]]:
     import torch
 
     from cropdoc.bundle import load_bundle
-    from cropdoc.inference.export import recorded_export
+    from cropdoc.inference import recorded_export
     from cropdoc.models import build
     from cropdoc.training.checkpoint import load_checkpoint
 

@@ -5,7 +5,7 @@ listed in ``ScanReport.bad_files``; a per-image error from the predictor) or *co
 (decoded to 8-bit RGB and predicted). A crash is any other exception. The HTTP path gets
 the same kinds in :mod:`uploads`.
 
-    python -m benchmarks.reliability.bad_images [--full]
+    python -m tests.reliability.bad_images [--full]
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-
-from .common import emit, tiny_bundle, tiny_dataset
+from tests.helpers import emit, tiny_bundle, tiny_dataset
 
 REPORTED, CONVERTED = "reported", "converted"
 

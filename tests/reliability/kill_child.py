@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m benchmarks.reliability.kill_child POINT MARKER [--scripted-f1] [--epoch N] \
+    python -m tests.reliability.kill_child POINT MARKER [--scripted-f1] [--epoch N] \
         -- train DATA --out RUN --config CFG
 
 ``POINT`` is one of :data:`POINTS` (``none`` runs the CLI unpatched apart from

@@ -1,6 +1,6 @@
 """Run the whole fault suite and print every figure plus a pass/fail line per bar.
 
-    python -m benchmarks.reliability.run_all --full [--out figures.json] [--only kill,uploads]
+    python -m tests.reliability.run_all --full [--out figures.json] [--only kill,uploads]
 
 Without ``--full`` each item runs at the reduced size CI uses. Exit code 1 when a bar
 fails. Everything is bounded (request counts, deadlines, subprocess timeouts) and the
@@ -19,8 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.helpers import emit, tiny_bundle, tiny_dataset
+
 from . import bad_images, cli_input, disk_full, hostile_files, kill_resume, numerics, uploads
-from .common import emit, tiny_bundle, tiny_dataset
 
 
 def _bars(item: str, fig: dict[str, Any]) -> dict[str, bool]:

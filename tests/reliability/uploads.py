@@ -8,8 +8,8 @@ timeout. Bar: 5xx = 0, no traceback in the server log, server alive and still pr
 Load (item 6): valid single-image requests from concurrent clients. Bars: errors = 0,
 server RSS growth after warm-up < 50 MB. p50/p99 latency are reported, not asserted.
 
-    python -m benchmarks.reliability.uploads                # CI size: 150 fuzz, 200 x 8
-    python -m benchmarks.reliability.uploads --full         # 600 fuzz, 1000 x 32
+    python -m tests.reliability.uploads                # CI size: 150 fuzz, 200 x 8
+    python -m tests.reliability.uploads --full         # 600 fuzz, 1000 x 32
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from .common import Server, emit, rss_mb, running_server, tiny_bundle, tiny_dataset
+from tests.helpers import Server, emit, rss_mb, running_server, tiny_bundle, tiny_dataset
 
 _TIMEOUT = 30.0
 RSS_BAR_MB = 50.0

@@ -27,10 +27,10 @@ from typing import Any
 from ..config import TrainConfig
 from ..data.split import SplitManifest
 from ..errors import ConfigError, DataError
+from ..evaluation import evaluate_bundle, plot_tradeoff, profile_bundle
 from ..io import atomic_write_json, atomic_write_text
-from .evaluate import evaluate_bundle
-from .plots import plot_tradeoff
-from .profile import profile_bundle
+from ..models import get_arch
+from .train import train
 
 __all__ = ["COLUMNS", "F1_TOLERANCE", "Comparison", "compare", "recommend"]
 
@@ -117,8 +117,6 @@ def _train_one(
 ) -> None:
     """Train into ``run_dir`` unless it already holds a finished run (compare restarts
     where it stopped); an interrupted run is resumed."""
-    from ..training.run import train
-
     if (run_dir / "summary.json").is_file():
         _logger.info("reusing the finished run in %s", run_dir)
         return
@@ -253,44 +251,13 @@ def compare(
     >>> compare("PlantVillage", "runs/cmp", archs=archs).recommended  # doctest: +SKIP
     """
     data_path, out_dir = Path(data), Path(out)
-    if not archs and not runs:
-        raise ConfigError("nothing to compare: give --archs and/or --runs")
-    repeated = sorted({a for a in archs if list(archs).count(a) > 1})
-    if repeated:
-        raise ConfigError(f"architecture(s) {repeated} listed twice in --archs; list each once")
+    entries = _entries(archs, runs, out_dir)
     config = config or TrainConfig()
-    entries: list[tuple[str, Path]] = [(Path(r).name, Path(r)) for r in runs]
-    for run in (p for _, p in entries):
-        if not (run / "model" / "model.json").is_file() or not (run / "split.json").is_file():
-            raise DataError(f"{run} is not a finished run (needs model/ and split.json)")
-    from ..models import get_arch
-
-    for arch in archs:
-        name = get_arch(arch).name
-        entries.append((name, out_dir / name))
-    names = [n for n, _ in entries]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"two models share a name in {names}; rename a run directory")
-
-    # One split for all: the first run's. Trained archs make the same split because
-    # make_split is deterministic given the files, ratios and seed, which they share;
-    # the check below makes sure of it.
     for name, run_dir in entries[len(runs) :]:
         cfg = config.model_copy(update={"arch": name})
         _train_one(data_path, run_dir, cfg, show_progress, scan_progress)
     reference = entries[0][1] / "split.json"
-    ref_manifest = SplitManifest.load(reference)
-    warnings_: list[str] = []
-    for name, run_dir in entries:
-        if not _same_test_split(ref_manifest, SplitManifest.load(run_dir / "split.json")):
-            message = (
-                f"{name} was trained on a different split than {reference}; its score on "
-                "that test set may include images it was trained on"
-            )
-            if run_dir.parent == out_dir:
-                raise DataError(message + "; delete its run directory and compare again")
-            _logger.warning(message)
-            warnings_.append(message)
+    warnings_ = _check_splits(entries, reference, out_dir)
 
     rows: list[dict[str, Any]] = []
     test_source, n_test, dev = "", 0, ""
@@ -312,11 +279,9 @@ def compare(
     recommended, line = recommend(rows, latency_budget_ms=latency_budget_ms)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {
-        "comparison.csv": out_dir / "comparison.csv",
-        "comparison.md": out_dir / "comparison.md",
-        "comparison.json": out_dir / "comparison.json",
-        "accuracy_vs_latency.png": out_dir / "accuracy_vs_latency.png",
-        "accuracy_vs_size.png": out_dir / "accuracy_vs_size.png",
+        name: out_dir / name
+        for name in ("comparison.csv", "comparison.md", "comparison.json")
+        + ("accuracy_vs_latency.png", "accuracy_vs_size.png")
     }
     atomic_write_text(files["comparison.csv"], _csv(rows))
     atomic_write_text(
@@ -335,6 +300,62 @@ def compare(
             "warnings": warnings_,
         },
     )
+    _plot(rows, files, dev, n_test, latency_budget_ms)
+    _logger.info(line.replace("**", ""))
+    return Comparison(rows=rows, recommendation=line, recommended=recommended, files=files)
+
+
+def _entries(
+    archs: Sequence[str], runs: Sequence[str | os.PathLike[str]], out_dir: Path
+) -> list[tuple[str, Path]]:
+    """(name, run dir) of every model to compare: the given runs, then the archs to train."""
+    if not archs and not runs:
+        raise ConfigError("nothing to compare: give --archs and/or --runs")
+    repeated = sorted({a for a in archs if list(archs).count(a) > 1})
+    if repeated:
+        raise ConfigError(f"architecture(s) {repeated} listed twice in --archs; list each once")
+    entries: list[tuple[str, Path]] = [(Path(r).name, Path(r)) for r in runs]
+    for run in (p for _, p in entries):
+        if not (run / "model" / "model.json").is_file() or not (run / "split.json").is_file():
+            raise DataError(f"{run} is not a finished run (needs model/ and split.json)")
+    for arch in archs:
+        name = get_arch(arch).name
+        entries.append((name, out_dir / name))
+    names = [n for n, _ in entries]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two models share a name in {names}; rename a run directory")
+    return entries
+
+
+def _check_splits(entries: list[tuple[str, Path]], reference: Path, out_dir: Path) -> list[str]:
+    """One split for all: the first run's.
+
+    Trained archs make the same split because make_split is deterministic given the
+    files, ratios and seed, which they share; this makes sure of it. A run trained here on
+    another split is an error; a run given with ``--runs`` only a warning (returned).
+    """
+    ref_manifest = SplitManifest.load(reference)
+    warnings_: list[str] = []
+    for name, run_dir in entries:
+        if not _same_test_split(ref_manifest, SplitManifest.load(run_dir / "split.json")):
+            message = (
+                f"{name} was trained on a different split than {reference}; its score on "
+                "that test set may include images it was trained on"
+            )
+            if run_dir.parent == out_dir:
+                raise DataError(message + "; delete its run directory and compare again")
+            _logger.warning(message)
+            warnings_.append(message)
+    return warnings_
+
+
+def _plot(
+    rows: list[dict[str, Any]],
+    files: dict[str, Path],
+    dev: str,
+    n_test: int,
+    latency_budget_ms: float | None,
+) -> None:
     plot_tradeoff(
         rows,
         "latency_ms_mean",
@@ -354,5 +375,3 @@ def compare(
         ylabel="test macro-F1",
         title=f"macro-F1 vs model size ({n_test} test images)",
     )
-    _logger.info(line.replace("**", ""))
-    return Comparison(rows=rows, recommendation=line, recommended=recommended, files=files)

@@ -1,25 +1,30 @@
-"""Helpers shared by the fault scripts: tiny data and configs, a loopback server, RSS, JSON.
+"""Test helpers shared by pytest tests and the fault scripts of ``tests/reliability``.
 
-Kept free of pytest so the same code produces the CI figures and the full-size ones.
+Tiny data, configs and bundle metadata, the CLI run in-process, a loopback server, RSS,
+JSON figures. Kept free of pytest so the same code produces the CI figures and the
+full-size ones (``python -m tests.reliability.run_all --full``). Imported as
+``tests.helpers`` everywhere (pytest puts the repository root on ``sys.path``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 #: The tiny recipe of the fault scripts and of ``tests/conftest.py::tiny_config``
 #: (MobileNetV3-Small from scratch, 32 px, one epoch per stage, fp32 on CPU), as a YAML-able
@@ -37,14 +42,12 @@ TINY_CONFIG: dict[str, Any] = {
 def tiny_bundle_meta() -> Any:
     """Metadata of a 3-class, 32 px MobileNetV3-Small bundle (for scripts that save one)."""
     from cropdoc.bundle import BundleMeta
+    from cropdoc.preprocessing import Preprocessing
 
     return BundleMeta(
-        arch="mobilenet_v3_small",
+        arch=TINY_CONFIG["arch"],
         classes=["a", "b", "c"],
-        image_size=32,
-        resize_size=36,
-        mean=(0.485, 0.456, 0.406),
-        std=(0.229, 0.224, 0.225),
+        preprocessing=Preprocessing(image_size=32, resize_size=36),
     )
 
 
@@ -72,6 +75,54 @@ def write_config(path: Path, **overrides: Any) -> Path:
     """Write :data:`TINY_CONFIG` (top-level keys replaced by ``overrides``) as YAML."""
     path.write_text(yaml.safe_dump({**TINY_CONFIG, **overrides}), encoding="utf-8")
     return path
+
+
+@contextlib.contextmanager
+def patched(obj: Any, name: str, fn: Callable[..., Any]) -> Iterator[None]:
+    """Replace ``obj.name`` by ``fn`` for the block (pytest's monkeypatch, for scripts)."""
+    real = getattr(obj, name)
+    setattr(obj, name, fn)
+    try:
+        yield
+    finally:
+        setattr(obj, name, real)
+
+
+def cli_in_process(argv: list[str]) -> tuple[int, str]:
+    """Run the real ``cropdoc`` entry point in this process; return (exit code, stderr).
+
+    In-process so a script can patch library functions (a full disk, a NaN loss) first;
+    the console is made wide so a one-line error stays one line.
+    """
+    from cropdoc.cli import main
+
+    app_module = importlib.import_module("cropdoc.cli.app")
+    err = io.StringIO()
+    old_argv, old_file, old_width = sys.argv, app_module.console.file, app_module.console.width
+    sys.argv = ["cropdoc", *argv]
+    app_module.console.file = err
+    app_module.console.width = 400
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv, app_module.console.file = old_argv, old_file
+        app_module.console.width = old_width
+    return code, err.getvalue()
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The CLI's error lines (its log lines share stderr)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def clear_error(code: int, stderr: str, *needles: str) -> bool:
+    """Exit code 2 and exactly one error line, holding every needle, with no traceback."""
+    lines = error_lines(stderr)
+    one_line = len(lines) == 1 and "Traceback" not in stderr
+    return code == 2 and one_line and all(n in lines[0] for n in needles)
 
 
 def python_module(module: str, *args: str) -> list[str]:
@@ -175,7 +226,7 @@ def running_server(bundle: Path, log: Path, *extra: str, start_s: float = 180) -
 def tiny_bundle(work: Path, data: Path) -> Path:
     """Train the tiny recipe once into ``work/run`` (reused when present); return the run."""
     from cropdoc.config import load_config
-    from cropdoc.training.run import train
+    from cropdoc.workflows import train
 
     run = work / "run"
     if not (run / "summary.json").is_file():

@@ -1,10 +1,11 @@
 """Disease information shown with a prediction: crop, pathogen, symptoms, what to do.
 
-The table is data (``diseases.json`` in this package), keyed by the PlantVillage class
-names. Lookups use the evaluation code's class-name matching, so a model trained on a copy
-spelled ``Tomato_Bacterial_spot`` or ``Pepper__bell___healthy`` still finds its entry. A
-class the table does not know gets a neutral generic entry built from its name, never an
-error: a model trained on other crops should still be servable.
+The table is data (``resources/diseases.json``), keyed by the PlantVillage class names.
+Lookups use :func:`cropdoc.classnames.find_class`, so a model trained on a copy spelled
+``Tomato_Bacterial_spot`` or ``Pepper__bell___healthy`` still finds its entry. A class the
+table does not know gets a neutral generic entry built from its name, never an error: a
+model trained on other crops should still be servable. Foundation module (no torch, no
+matplotlib): ``predict`` and ``serve`` both use it.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import json
 import logging
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from importlib import resources
 from typing import Any
 
-from ..data.inspect import split_crop_disease
-from ..evaluation.classnames import find_class
+from . import resources
+from .classnames import find_class, split_crop_disease
 
 __all__ = ["DiseaseInfo", "disease_info", "disease_table"]
 
@@ -54,7 +54,7 @@ class DiseaseInfo:
 @cache
 def disease_table() -> dict[str, dict[str, Any]]:
     """The packaged table ``{class name: fields}`` (read once)."""
-    text = resources.files(__package__).joinpath("diseases.json").read_text(encoding="utf-8")
+    text = resources.read_text("diseases.json")
     return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
 
 

@@ -4,7 +4,7 @@ Bar per case: exit code 2, exactly one ``error:`` line on stderr, no traceback. 
 in-process twin of this table is ``tests/test_cli.py::test_user_errors_are_one_line_exit_2``,
 which runs in CI; this script adds the real process, where a stray traceback would show.)
 
-    python -m benchmarks.reliability.cli_input
+    python -m tests.reliability.cli_input
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .common import cropdoc_cmd, emit
+from tests.helpers import cropdoc_cmd, emit
 
 
 def cases(tmp: Path) -> list[tuple[str, list[str]]]:

@@ -5,8 +5,8 @@ point), check every file the dead process left, resume with ``cropdoc train --re
 --out RUN``, check every file again, and compare ``history.csv`` and the test metrics with
 an uninterrupted run of the same config.
 
-    python -m benchmarks.reliability.kill_resume            # CI size: checkpoint write only
-    python -m benchmarks.reliability.kill_resume --full     # all five points
+    python -m tests.reliability.kill_resume            # CI size: checkpoint write only
+    python -m tests.reliability.kill_resume --full     # all five points
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import REPO, emit, python_module, tiny_dataset, write_config
+from tests.helpers import REPO, emit, python_module, tiny_dataset, write_config
 
 FULL_POINTS = ("mid_batch", "validation", "checkpoint_write", "between_stages", "bundle_write")
 CI_POINTS = ("checkpoint_write",)
@@ -34,7 +34,7 @@ _TIMEOUT_S = 600
 
 
 def _child(point: str, marker: Path, args: list[str], scripted: bool, log: Path) -> int:
-    cmd = python_module("benchmarks.reliability.kill_child", point, str(marker))
+    cmd = python_module("tests.reliability.kill_child", point, str(marker))
     if scripted:
         cmd.append("--scripted-f1")
     with open(log, "ab") as sink:

@@ -3,36 +3,34 @@
 Each site must give one clear ``CropdocError`` (through the CLI: one line, exit 2) and
 leave the previous files loadable, with no temporary file left behind.
 
-    python -m benchmarks.reliability.disk_full [--full]
+    python -m tests.reliability.disk_full [--full]
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
-import io
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import TINY_CONFIG, emit, tiny_bundle_meta, tiny_dataset, write_config
+from tests.helpers import (
+    TINY_CONFIG,
+    clear_error,
+    cli_in_process,
+    emit,
+    error_lines,
+    patched,
+    tiny_bundle_meta,
+    tiny_dataset,
+    write_config,
+)
 
 
 def _enospc(*_: Any, **__: Any) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
-
-
-@contextlib.contextmanager
-def _patched(obj: Any, name: str, fn: Callable[..., Any]) -> Iterator[None]:
-    real = getattr(obj, name)
-    setattr(obj, name, fn)
-    try:
-        yield
-    finally:
-        setattr(obj, name, real)
 
 
 def _after(n: int, real: Callable[..., Any], match: Callable[..., bool]) -> Callable[..., Any]:
@@ -47,42 +45,6 @@ def _after(n: int, real: Callable[..., Any], match: Callable[..., bool]) -> Call
         return real(*args, **kwargs)
 
     return fn
-
-
-def _cli(argv: list[str]) -> tuple[int, str]:
-    """Run the real entry point in this process; return (exit code, stderr)."""
-    import importlib
-    import sys
-
-    from cropdoc.cli import main
-
-    app_module = importlib.import_module("cropdoc.cli.app")
-
-    err = io.StringIO()
-    old_argv, old_file, old_width = sys.argv, app_module.console.file, app_module.console.width
-    sys.argv = ["cropdoc", *argv]
-    app_module.console.file = err
-    app_module.console.width = 400
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv, app_module.console.file = old_argv, old_file
-        app_module.console.width = old_width
-    return code, err.getvalue()
-
-
-def _error_lines(stderr: str) -> list[str]:
-    """The CLI's error lines (its log lines share stderr)."""
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _clear(code: int, stderr: str, *needles: str) -> bool:
-    lines = _error_lines(stderr)
-    one_line = len(lines) == 1 and "Traceback" not in stderr
-    return code == 2 and one_line and all(n in lines[0] for n in needles)
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -121,10 +83,11 @@ def _training_sites(data: Path, work: Path, full: bool) -> list[dict[str, Any]]:
     for i, (site, obj, name, fn) in enumerate(sites):
         run = work / f"train-{i}"
         shutil.rmtree(run, ignore_errors=True)
-        with _patched(obj, name, fn):
-            code, stderr = _cli(["train", str(data), "--out", str(run), "--config", str(config)])
-        row: dict[str, Any] = {"site": site, "exit_code": code, "message": _error_lines(stderr)[:2]}
-        row["clear_error"] = _clear(code, stderr, "No space left")
+        with patched(obj, name, fn):
+            argv = ["train", str(data), "--out", str(run), "--config", str(config)]
+            code, stderr = cli_in_process(argv)
+        row: dict[str, Any] = {"site": site, "exit_code": code, "message": error_lines(stderr)[:2]}
+        row["clear_error"] = clear_error(code, stderr, "No space left")
         try:
             row["previous_checkpoint_epoch"] = load_checkpoint(run / "last.ckpt")["global_epoch"]
             load_bundle(run / "model")
@@ -133,7 +96,7 @@ def _training_sites(data: Path, work: Path, full: bool) -> list[dict[str, Any]]:
             row["previous_files_load"] = f"{type(e).__name__}: {e}"
         row["leftovers"] = _leftovers(run)
         if full:  # space is back: the run continues where it stopped
-            code, stderr = _cli(["train", "--resume", "--out", str(run)])
+            code, stderr = cli_in_process(["train", "--resume", "--out", str(run)])
             row["resumed_after_space_freed"] = code == 0
         rows.append(row)
     return rows
@@ -197,7 +160,7 @@ def _bundle_sites(work: Path) -> list[dict[str, Any]]:
         first = model(0)
         save_bundle(folder / "model", first, tiny_bundle_meta())
         row: dict[str, Any] = {"site": site}
-        with _patched(obj, name, fn):
+        with patched(obj, name, fn):
             try:
                 write(folder / "model")
                 row["error"] = "none raised"

@@ -1,0 +1,248 @@
+"""What every export shares: its error and report types, images to verify on, records.
+
+An export is only trusted after it was measured against PyTorch on real images; the
+figures are returned as a :class:`Verification` and stored in ``model.json`` under
+``exports``, next to the file they describe, so whoever deploys the file later can see
+how it was checked. Verification images default to the run's validation split
+(``split.json`` next to the bundle) when its images are still where they were.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..bundle import load_bundle, read_meta, resolve_bundle_dir, update_meta
+from ..data.images import BadImageError
+from ..data.split import SplitManifest
+from ..errors import CropdocError
+from ..inference import EXPORT_KEYS, Predictor, TorchRunner, collect_images
+from ..io import atomic_path, file_sha256
+
+__all__ = [
+    "DEFAULT_CALIBRATION_IMAGES",
+    "DEFAULT_MAX_IMAGES",
+    "DEFAULT_MIN_AGREEMENT",
+    "DEFAULT_TOLERANCE",
+    "INPUT_NAME",
+    "INT8_FILE",
+    "ONNX_FILE",
+    "OPSET",
+    "OUTPUT_NAME",
+    "ExportError",
+    "ExportReport",
+    "Verification",
+    "bundle_relative",
+    "compare_logits",
+    "default_images",
+    "install_file",
+    "preprocess_batches",
+    "record_export",
+    "reference_predictor",
+    "resolve_images",
+    "sample_images",
+]
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_TOLERANCE = 1e-3
+DEFAULT_MIN_AGREEMENT = 0.99
+DEFAULT_MAX_IMAGES = 512
+DEFAULT_CALIBRATION_IMAGES = 256
+OPSET = 18
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+ONNX_FILE, INT8_FILE = "model.onnx", "model.int8.onnx"
+
+
+class ExportError(CropdocError):
+    """An export failed, or failed its verification."""
+
+
+@dataclass
+class Verification:
+    """How an exported file compares with PyTorch on real images."""
+
+    images: int
+    source: str
+    max_abs_logit_diff: float
+    top1_agreement: float
+    threshold: float
+    metric: str
+    passed: bool
+    calibration_images: int | None = None
+
+
+@dataclass
+class ExportReport:
+    """What an export did: where the file is, whether it was written, how it measured."""
+
+    format: str
+    path: Path
+    written: bool
+    verification: Verification
+    forced: bool = False
+    exporter: str = ""
+    size_bytes: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def default_images(bundle: str | os.PathLike[str]) -> tuple[list[Path], str]:
+    """The run's validation images (from ``split.json`` beside the bundle), if still present.
+
+    Returns:
+        ``(images, description)``; no images when the split or its files are not found.
+    """
+    folder = resolve_bundle_dir(bundle)
+    split = folder.parent / "split.json"
+    if not split.is_file():
+        return [], f"no {split}"
+    manifest = SplitManifest.load(split)
+    images = [p for p, _ in manifest.samples("val") if p.is_file()]
+    return images, f"{len(images)} val images of {split}"
+
+
+def sample_images(images: list[Path], n: int, seed: int = 0) -> list[Path]:
+    """At most ``n`` images, spread over the (class-sorted) list reproducibly."""
+    if len(images) <= n:
+        return list(images)
+    picked = random.Random(seed).sample(range(len(images)), n)
+    return [images[i] for i in sorted(picked)]
+
+
+def resolve_images(
+    bundle_dir: Path, data: Sequence[str | os.PathLike[str]] | None, what: str
+) -> tuple[list[Path], str]:
+    """The images given in ``data``, else the run's val split; ``what`` names the purpose.
+
+    Raises:
+        ExportError: no images at all, saying how to pass some.
+    """
+    if data:
+        images = collect_images(data)
+        source = ", ".join(str(d) for d in data)
+    else:
+        images, source = default_images(bundle_dir)
+    if not images:
+        raise ExportError(
+            f"no images to {what} with ({source}); pass a folder of real images with "
+            f"--calibration DATA (a few hundred from the training distribution)"
+        )
+    return images, source
+
+
+def reference_predictor(bundle_dir: Path) -> tuple[Predictor, torch.nn.Module]:
+    """The PyTorch predictor (CPU, fp32) every export is compared with, and its model."""
+    loaded = load_bundle(bundle_dir)
+    predictor = Predictor(loaded.meta, TorchRunner(loaded.model), bundle_dir=bundle_dir)
+    return predictor, loaded.model
+
+
+def preprocess_batches(
+    predictor: Predictor, images: list[Path], batch_size: int = 32
+) -> list[np.ndarray]:
+    """Preprocess images into batches the way prediction does; bad files are skipped.
+
+    Raises:
+        ExportError: none of the images could be read.
+    """
+    out: list[np.ndarray] = []
+    current: list[torch.Tensor] = []
+    for path in images:
+        try:
+            current.append(predictor.preprocess(path))
+        except BadImageError as e:
+            _logger.warning("skipping %s: %s", path, e.reason)
+            continue
+        if len(current) == batch_size:
+            out.append(torch.stack(current).numpy())
+            current = []
+    if current:
+        out.append(torch.stack(current).numpy())
+    if not out:
+        raise ExportError("none of the verification images could be read")
+    return out
+
+
+def compare_logits(
+    reference: Callable[[np.ndarray], np.ndarray],
+    candidate: Callable[[np.ndarray], np.ndarray],
+    batches: list[np.ndarray],
+) -> tuple[int, float, float]:
+    """``(images, max |logit difference|, top-1 agreement)`` of two runners on ``batches``."""
+    n, max_diff, agree = 0, 0.0, 0
+    for batch in batches:
+        ref, got = reference(batch), candidate(batch)
+        max_diff = max(max_diff, float(np.abs(ref - got).max()))
+        agree += int((ref.argmax(1) == got.argmax(1)).sum())
+        n += len(batch)
+    return n, max_diff, agree / n
+
+
+# --------------------------------------------------------------------------- records
+
+
+def bundle_relative(path: Path, folder: Path) -> str:
+    """``path`` relative to the bundle when inside it (the bundle stays movable)."""
+    try:
+        return str(path.resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def record_export(report: ExportReport, folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """Store what ``report`` describes in ``model.json`` ``exports``; return the record."""
+    import onnxruntime
+
+    meta = read_meta(folder)
+    record = {
+        "path": bundle_relative(report.path, folder),
+        "format": report.format,
+        "opset": OPSET,
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
+        "dynamic_batch": True,
+        "exporter": report.exporter,
+        "size_bytes": report.size_bytes,
+        "sha256": file_sha256(report.path),
+        "weights_sha256": meta.weights_sha256,
+        "forced": report.forced,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "verification": asdict(report.verification),
+        **extra,
+    }
+    exports = dict(meta.exports)
+    exports[EXPORT_KEYS[report.format]] = record
+    update_meta(folder, exports=exports)
+    return record
+
+
+def install_file(staged: Path, target: Path, folder: Path) -> None:
+    """Move a verified file to ``target`` atomically, checking it can be recorded too.
+
+    Raises:
+        ExportError: ``target`` or the bundle's ``model.json`` is not writable.
+    """
+    try:
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(staged.read_bytes())
+        # Recording needs a writable model.json too: fail now rather than leave it unrecorded.
+        if not os.access(folder / "model.json", os.W_OK):
+            raise PermissionError(f"{folder / 'model.json'} is not writable")
+    except OSError as e:
+        raise ExportError(
+            f"cannot write the export to {target} or record it in {folder}: {e}. Export "
+            f"where the bundle is writable (`cropdoc export`), or serve with --backend torch"
+        ) from e
