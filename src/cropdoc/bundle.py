@@ -38,6 +38,7 @@ from .version import __version__
 __all__ = [
     "Bundle",
     "BundleMeta",
+    "OodInfo",
     "TrainingInfo",
     "load_bundle",
     "read_meta",
@@ -71,6 +72,27 @@ class TrainingInfo(BaseModel):
     precision: str = ""
 
 
+class OodInfo(BaseModel):
+    """The out-of-distribution score a bundle abstains with (fitted on the val split).
+
+    Attributes:
+        kind: which score (e.g. ``msp``, ``energy``, ``mahalanobis``); higher = stranger.
+        threshold: a score above it abstains ("not recognised").
+        target_false_abstain: the in-distribution abstain rate the threshold was set for.
+        params: what the score needs besides the logits or features (e.g. class means),
+            as JSON numbers.
+        metrics: what the fit measured (e.g. the val abstain rate).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    threshold: float
+    target_false_abstain: float = 0.05
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
 class BundleMeta(BaseModel):
     """What ``model.json`` holds, validated on read and write.
 
@@ -86,6 +108,7 @@ class BundleMeta(BaseModel):
     preprocessing: Preprocessing
     temperature: float = Field(1.0, gt=0)
     calibration: dict[str, Any] | None = None
+    ood: OodInfo | None = None
     training: TrainingInfo = TrainingInfo()
     recipe: list[dict[str, Any]] = Field(default_factory=list)
     best: dict[str, Any] = Field(default_factory=dict)
