@@ -178,3 +178,24 @@ def test_frozen_batchnorm_keeps_running_stats():
     full_unfreeze(model)
     set_train_mode(model)
     assert all(bn.training for bn in _batchnorms(model).values())  # stage 3: every BN trains
+
+
+def test_batchnorm_policy_auto_fixes_every_layer_for_pretrained_weights():
+    from cropdoc.models import BatchNormPolicy, set_train_mode
+
+    auto = BatchNormPolicy.resolve("auto", "auto", pretrained=True)
+    assert (auto.freeze_stats, auto.fix_all_stats, auto.momentum) == (True, True, None)
+    scratch = BatchNormPolicy.resolve("auto", "auto", pretrained=False)
+    assert (scratch.freeze_stats, scratch.fix_all_stats, scratch.momentum) == (False, False, 0.1)
+    frozen = BatchNormPolicy.resolve("frozen", 0.05, pretrained=True)
+    assert (frozen.freeze_stats, frozen.fix_all_stats, frozen.momentum) == (True, False, 0.05)
+
+    model = build("mobilenet_v3_small", classes=3, weights="none")
+    spec = get_arch("mobilenet_v3_small")
+    apply_policy(model, spec, "all")  # everything trainable
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    set_train_mode(model, freeze_bn_stats=True, fix_all_bn_stats=True)
+    assert bns and not any(m.training for m in bns)  # statistics stay, weights still train
+    assert all(p.requires_grad for m in bns for p in m.parameters())
+    set_train_mode(model, freeze_bn_stats=True)
+    assert all(m.training for m in bns)  # trainable layers follow the data

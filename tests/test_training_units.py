@@ -13,7 +13,12 @@ from cropdoc.errors import BundleError, ConfigError
 from cropdoc.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, save_checkpoint
 from cropdoc.training.early_stopping import EarlyStopping
 from cropdoc.training.precision import cpu_supports_bf16, resolve_precision
-from cropdoc.training.recipe import SCRATCH_STAGES, THREE_STAGE, resolve_stages
+from cropdoc.training.recipe import (
+    PRETRAINED_STAGES,
+    SCRATCH_STAGES,
+    SEED_STAGES,
+    resolve_stages,
+)
 from cropdoc.training.scheduler import create_scheduler
 
 
@@ -68,20 +73,22 @@ def test_warmup_rises_then_decays():
     assert lrs[-1] < lrs[4]
 
 
-def test_recipe_defaults_are_the_seed_table():
-    stages = resolve_stages(load_config())
-    assert [(s.trainable, s.epochs, s.lr, s.backbone_lr) for s in stages] == [
-        ("head", 5, 1e-3, None),
-        ("partial", 10, 1e-4, None),
-        ("all", 10, 5e-5, 1e-5),
+def test_recipe_seed_is_the_seed_table_exactly():
+    stages = resolve_stages(load_config(overrides={"recipe": "seed"}))
+    assert [(s.trainable, s.epochs, s.lr, s.backbone_lr, s.warmup_epochs) for s in stages] == [
+        ("head", 5, 1e-3, None, 0.0),
+        ("partial", 10, 1e-4, None, 0.0),
+        ("all", 10, 5e-5, 1e-5, 0.0),
     ]
-    assert stages == list(THREE_STAGE)
+    assert stages == list(SEED_STAGES)
+    # With pretrained weights (the default), auto is cropdoc's three-stage recipe.
+    assert resolve_stages(load_config()) == list(PRETRAINED_STAGES)
 
 
 def test_recipe_scratch_for_weights_none_unless_forced():
     assert resolve_stages(load_config(overrides={"weights": "none"})) == list(SCRATCH_STAGES)
     forced = load_config(overrides={"weights": "none", "recipe": "three-stage"})
-    assert resolve_stages(forced) == list(THREE_STAGE)
+    assert resolve_stages(forced) == list(PRETRAINED_STAGES)
 
 
 def test_recipe_stage_epochs_override_and_mismatch():

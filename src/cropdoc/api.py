@@ -348,14 +348,22 @@ def demo(
     *,
     images_per_class: int = 200,
     seed: int = 42,
+    weights: str | os.PathLike[str] | None = None,
+    arch: str | None = None,
     show_progress: bool = False,
     scan_progress: Progress | None = None,
 ) -> Run:
-    """Generate leaf images, train through the three stages, evaluate (CPU minutes)."""
+    """Generate leaf images, train through the three stages, evaluate (CPU minutes).
+
+    From random weights by default (offline); with a local pretrained ``weights`` file and
+    its ``arch``, transfer learning from it.
+    """
     result = run_demo(
         out,
         images_per_class=images_per_class,
         seed=seed,
+        weights=weights,
+        arch=arch,
         show_progress=show_progress,
         scan_progress=scan_progress,
     )

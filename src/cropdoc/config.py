@@ -90,10 +90,12 @@ class OptimConfig(_Strict):
         "0.1 for weights=none (MobileNetV3's 0.01 leaves the running statistics of a new "
         "model near their init for hundreds of steps, so validation sees garbage)",
     )
-    bn_stats: Literal["auto", "frozen", "update"] = Field(
+    bn_stats: Literal["auto", "frozen", "fixed", "update"] = Field(
         "auto",
-        description="running statistics of frozen BatchNorm layers; auto: frozen for "
-        "pretrained weights, updated for weights=none",
+        description="BatchNorm running statistics: frozen = those of frozen layers stay "
+        "pretrained; fixed = every layer's stay pretrained (affine weights still train); "
+        "update = all follow the data; auto: fixed for pretrained weights, update for "
+        "weights=none",
     )
 
 
@@ -115,7 +117,7 @@ class TrainConfig(_Strict):
 
     arch: str = "efficientnet_b0"
     weights: str = "imagenet"
-    recipe: Literal["auto", "three-stage", "scratch"] = "auto"
+    recipe: Literal["auto", "three-stage", "seed", "scratch"] = "auto"
     stage_epochs: list[int] | None = None
     stage_lrs: list[float] | None = Field(
         None, description="head learning rate per stage (the recipe's otherwise)"

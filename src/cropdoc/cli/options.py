@@ -327,9 +327,15 @@ class LateHelp(TyperCommand):
 
 def _late_note(name: str | None) -> str | None:
     if name == "arch":
-        return f"One of: {', '.join(known_archs())} (default: {TrainConfig().arch})."
+        return (
+            f"One of: {', '.join(known_archs())}, or timm/<name> for any timm model "
+            f"(default: {TrainConfig().arch})."
+        )
     if name == "archs":
-        return f"Known: {', '.join(known_archs())} (default: all of them, unless --runs)."
+        return (
+            f"Known: {', '.join(known_archs())}, or timm/<name> (default: the known ones, "
+            f"unless --runs)."
+        )
     if name not in TRAIN_OPTIONS:
         return None
     *parents, leaf = TRAIN_OPTIONS[name]

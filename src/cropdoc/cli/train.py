@@ -112,7 +112,9 @@ def train(
 
 
 # --------------------------------------------------------------------------- demo
-def _demo(out_dir: Path, images_per_class: int, seed: int):
+def _demo(
+    out_dir: Path, images_per_class: int, seed: int, weights: Path | None, arch: str | None
+):
     """The library call of ``cropdoc demo``."""
     from ..api import demo as api_demo
 
@@ -120,6 +122,8 @@ def _demo(out_dir: Path, images_per_class: int, seed: int):
         out_dir,
         images_per_class=images_per_class,
         seed=seed,
+        weights=weights,
+        arch=arch,
         show_progress=True,
         scan_progress=scan_progress(),
     )
@@ -141,6 +145,21 @@ def demo(
         int, typer.Option(metavar="N", help="Generated images per class.")
     ] = 200,
     seed: Annotated[int, typer.Option(metavar="N", help="Data and training seed.")] = 42,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="A local pretrained backbone (.safetensors/.pth): the demo then shows "
+            "transfer learning from it (give its --arch). Default: from scratch, offline.",
+        ),
+    ] = None,
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The architecture of --weights, e.g. timm/tf_efficientnet_lite0.",
+        ),
+    ] = None,
 ) -> None:
     """Generate leaf images, train through all three stages, evaluate, report (CPU minutes)."""
-    _print_result(_demo(out_dir, images_per_class, seed))
+    _print_result(_demo(out_dir, images_per_class, seed, weights, arch))

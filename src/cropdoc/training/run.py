@@ -282,6 +282,7 @@ def _make_trainer(
         class_weights=weights,
         channels_last=rt.channels_last,
         freeze_bn_stats=bn.freeze_stats,
+        fix_all_bn_stats=bn.fix_all_stats,
         show_progress=show_progress,
     )
     return trainer, loaders

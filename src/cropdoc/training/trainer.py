@@ -168,6 +168,7 @@ class Trainer:
         class_weights: per-class loss weights (``--balance loss``) or None.
         channels_last: feed NHWC tensors (faster convolutions on CPU and GPU).
         freeze_bn_stats: frozen BatchNorm layers keep their running statistics.
+        fix_all_bn_stats: every BatchNorm layer keeps its running statistics.
         show_progress: a progress bar per epoch on global rank zero.
 
     Resume: :meth:`state_dict` is what ``last.ckpt`` holds after every epoch;
@@ -188,6 +189,7 @@ class Trainer:
         class_weights: torch.Tensor | None = None,
         channels_last: bool = True,
         freeze_bn_stats: bool = True,
+        fix_all_bn_stats: bool = False,
         show_progress: bool = True,
     ) -> None:
         self.fabric = fabric
@@ -200,6 +202,7 @@ class Trainer:
         self.seed = seed
         self.channels_last = channels_last
         self.freeze_bn_stats = freeze_bn_stats
+        self.fix_all_bn_stats = fix_all_bn_stats
         self.show_progress = show_progress
         self.num_classes = meta.num_classes
         weight = class_weights.to(fabric.device) if class_weights is not None else None
@@ -315,7 +318,9 @@ class Trainer:
     def train_one_epoch(self, loader: torch.utils.data.DataLoader, desc: str) -> dict[str, float]:
         assert self.model is not None and self.optimizer is not None and self.scheduler is not None
         fabric, model, optimizer = self.fabric, self.model, self.optimizer
-        set_train_mode(model, freeze_bn_stats=self.freeze_bn_stats)
+        set_train_mode(
+            model, freeze_bn_stats=self.freeze_bn_stats, fix_all_bn_stats=self.fix_all_bn_stats
+        )
         total = torch.zeros(3, dtype=torch.float64, device=fabric.device)  # loss*n, correct, n
         data_wait = 0.0
         progress = self._progress(len(loader), desc)
