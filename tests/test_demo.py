@@ -36,13 +36,19 @@ def test_demo_with_a_local_backbone_uses_the_pretrained_recipe(tmp_path: Path) -
         demo_config(weights=tmp_path / "missing.safetensors", arch="timm/tf_efficientnet_lite0")
 
 
-@pytest.mark.slow
-def test_pretrained_demo_runs_through_the_cli(tmp_path: Path) -> None:
+def test_pretrained_demo_runs_through_the_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if not LITE0.is_file():
         pytest.skip(f"the shared pretrained Lite0 weights are not at {LITE0}")
     from typer.testing import CliRunner
 
     from cropdoc.cli import app
+    from cropdoc.workflows import demo
+
+    # The wiring is under test (CLI -> pretrained config -> three stages -> bundle), not
+    # the demo's length: one epoch per stage keeps it to about a minute.
+    monkeypatch.setattr(demo, "PRETRAINED_DEMO_EPOCHS", [1, 1, 1])
 
     result = CliRunner().invoke(
         app,
@@ -51,7 +57,7 @@ def test_pretrained_demo_runs_through_the_cli(tmp_path: Path) -> None:
             "--out",
             str(tmp_path / "demo"),
             "--images-per-class",
-            "12",
+            "6",
             "--weights",
             str(LITE0),
             "--arch",
@@ -63,4 +69,5 @@ def test_pretrained_demo_runs_through_the_cli(tmp_path: Path) -> None:
 
     meta = read_meta(tmp_path / "demo" / "run" / "model")
     assert meta.arch == "timm/tf_efficientnet_lite0" and meta.training.weights == str(LITE0)
-    assert [s["epochs"] for s in meta.recipe] == PRETRAINED_DEMO_EPOCHS
+    assert [s["epochs"] for s in meta.recipe] == [1, 1, 1]
+    assert [s["trainable"] for s in meta.recipe] == ["head", "partial", "all"]

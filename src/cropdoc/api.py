@@ -26,7 +26,14 @@ from .bundle import BundleMeta, read_meta, resolve_bundle_dir
 from .config import TrainConfig, load_config, merge_overrides, options_to_overrides
 from .errors import ConfigError
 from .evaluation import EvaluationResult, evaluate_bundle
-from .export import ExportReport, collect_images, ensure_export, export_int8, export_onnx
+from .export import (
+    ExportReport,
+    collect_images,
+    ensure_export,
+    export_int8,
+    export_onnx,
+    export_tflite,
+)
 from .inference import Prediction, Predictor, load_predictor
 from .training import TrainResult
 from .workflows import Comparison, run_demo
@@ -36,6 +43,8 @@ from .workflows import train as train_workflow
 __all__ = ["Model", "Run", "compare", "demo", "load", "train"]
 
 Progress = Callable[[int, int], None]
+#: What :meth:`Model.export` writes.
+EXPORT_FORMATS = ("onnx", "tflite")
 #: What :meth:`Model.predict` takes: paths (files or folders of images), PIL images, or
 #: ``uint8`` arrays ``(H, W, 3)`` in RGB.
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
@@ -175,7 +184,8 @@ class Model:
         """Export and verify against PyTorch (recorded in ``model.json``).
 
         Args:
-            format: ``onnx``.
+            format: ``onnx``, or ``tflite`` (LiteRT, for phone apps; needs
+                ``pip install 'cropdoc[tflite]'``).
             int8: quantize to INT8 (the fp32 export is made first when missing); refused
                 below ``min_agreement`` top-1 agreement with PyTorch unless ``force``.
             images: files or folders to verify on (and calibrate INT8 with); default: the
@@ -183,12 +193,16 @@ class Model:
             out: the file to write (default: next to the bundle).
             force: write an export that failed its check.
         """
-        if format != "onnx":
-            raise ConfigError(f"unknown export format {format!r}; choose onnx")
+        if format not in EXPORT_FORMATS:
+            raise ConfigError(
+                f"unknown export format {format!r}; choose {', '.join(EXPORT_FORMATS)}"
+            )
         self._predictor = None  # a new export may change what "auto" loads
+        given = {"min_agreement": min_agreement} if min_agreement is not None else {}
+        if format == "tflite":
+            return export_tflite(self.path, int8=int8, out=out, data=images, force=force, **given)
         if not int8:
             return export_onnx(self.path, out=out, data=images, force=force)
-        given = {"min_agreement": min_agreement} if min_agreement is not None else {}
         return export_int8(self.path, calibration=images, out=out, force=force, **given)
 
 

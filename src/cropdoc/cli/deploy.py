@@ -33,12 +33,15 @@ class Backend(StrEnum):
     torch = "torch"
     onnx = "onnx"
     onnx_int8 = "onnx-int8"
+    tflite = "tflite"
+    tflite_int8 = "tflite-int8"
 
 
 class ExportFormat(StrEnum):
-    """What ``cropdoc export`` writes."""
+    """What ``cropdoc export`` writes (:data:`cropdoc.api.EXPORT_FORMATS`)."""
 
     onnx = "onnx"
+    tflite = "tflite"
 
 
 # --------------------------------------------------------------------------- options
@@ -49,7 +52,9 @@ BackendOpt = Annotated[
     Backend,
     typer.Option(
         help="auto: onnx when the bundle has an up-to-date export (cropdoc export) and "
-        "the device is the CPU, else torch. onnx exports the bundle first when needed."
+        "the device is the CPU, else torch. onnx (and tflite) export the bundle first when "
+        "needed; tflite runs the LiteRT file a phone app runs (pip install "
+        "'cropdoc[tflite]')."
     ),
 ]
 DeviceOpt = Annotated[
@@ -58,7 +63,18 @@ DeviceOpt = Annotated[
 TopK = Annotated[int, typer.Option("--top-k", help="Classes per image.", metavar="K")]
 
 # Exporter and quantizer internals log at INFO; users need our summary, not theirs.
-_NOISY = ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx", "torch.export", "torch._dynamo")
+_NOISY = (
+    "onnx_ir",
+    "onnxscript",
+    "onnxruntime",
+    "torch.onnx",
+    "torch.export",
+    "torch._dynamo",
+    "litert_torch",
+    "ai_edge_quantizer",
+    "jax",
+    "absl",
+)
 
 
 def _quiet_exporters() -> None:
@@ -171,9 +187,17 @@ def predict(
 
 
 # --------------------------------------------------------------------------- export
+_FORMAT_NAMES = {
+    "onnx": "ONNX fp32",
+    "onnx-int8": "ONNX INT8",
+    "tflite": "TFLite fp32",
+    "tflite-int8": "TFLite INT8",
+}
+
+
 def _print_report(report) -> None:
     v = report.verification
-    name = "INT8" if report.format == "onnx-int8" else "ONNX fp32"
+    name = _FORMAT_NAMES.get(report.format, report.format)
     status = "written" if report.written else "NOT written"
     out.print(f"[bold]{name}[/]: {status} → {report.path}", highlight=False)
     out.print(f"  verified on {v.images} images ({v.source})", highlight=False)
@@ -194,9 +218,14 @@ def _print_report(report) -> None:
 @app.command()
 def export(
     bundle: Bundle,
-    format: Annotated[ExportFormat, typer.Option("--format", help="What to write.")] = (
-        ExportFormat.onnx
-    ),
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="onnx (dynamic batch) or tflite (LiteRT, batch 1, for Android/iOS apps; "
+            "pip install 'cropdoc[tflite]').",
+        ),
+    ] = ExportFormat.onnx,
     int8: Annotated[bool, typer.Option("--int8", help="Also quantize to INT8.")] = False,
     calibration: Annotated[
         list[Path] | None,
@@ -209,7 +238,10 @@ def export(
     out_path: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Output .onnx path (default: model.onnx in the bundle).", metavar="FILE"
+            "--out",
+            help="Output file (default: model.onnx / model.tflite, or model.int8.*, in the "
+            "bundle).",
+            metavar="FILE",
         ),
     ] = None,
     min_agreement: Annotated[
@@ -218,18 +250,18 @@ def export(
     ] = None,
     force: Annotated[bool, typer.Option(help="Write files that fail verification.")] = False,
 ) -> None:
-    """Export to ONNX with a dynamic batch axis (and INT8), verified against PyTorch."""
+    """Export to ONNX or TFLite (and INT8), verified against PyTorch on real images."""
     from ..api import load
 
     _quiet_exporters()
     model = load(bundle)
     fp32_out = None if int8 else out_path
-    report = model.export("onnx", out=fp32_out, images=calibration, force=force)
+    report = model.export(format.value, out=fp32_out, images=calibration, force=force)
     _print_report(report)
     if not int8:
         return
     q = model.export(
-        "onnx",
+        format.value,
         int8=True,
         images=calibration,
         out=out_path,

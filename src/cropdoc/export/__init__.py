@@ -1,4 +1,5 @@
-"""Export: ONNX fp32 and INT8, each verified against PyTorch before it is written.
+"""Export: ONNX and TFLite, fp32 and INT8, each verified against PyTorch before it is
+written.
 
 Exports build on :mod:`cropdoc.inference` (its runners do the comparing); inference never
 imports this package, so loading a model never exports one behind the caller's back.
@@ -17,6 +18,7 @@ from .common import default_images as default_images
 from .ensure import ensure_export as ensure_export
 from .int8 import export_int8 as export_int8
 from .onnx import export_onnx as export_onnx
+from .tflite import export_tflite as export_tflite
 
 __all__ = [
     "ExportError",
@@ -27,4 +29,5 @@ __all__ = [
     "ensure_export",
     "export_int8",
     "export_onnx",
+    "export_tflite",
 ]

@@ -15,6 +15,7 @@ from ..bundle import resolve_bundle_dir
 from ..inference import BACKENDS, EXPORT_KEYS, export_command, recorded_export
 from .common import ExportError
 from .onnx import export_onnx
+from .tflite import export_tflite
 
 __all__ = ["ensure_export"]
 
@@ -22,7 +23,7 @@ _logger = logging.getLogger(__name__)
 
 
 def ensure_export(bundle: str | os.PathLike[str], backend: str = "onnx") -> Path | None:
-    """Export fp32 ONNX for ``backend`` when the bundle has no up-to-date one.
+    """Export fp32 ONNX (or TFLite) for ``backend`` when the bundle has no up-to-date one.
 
     Backends that load no exported file (``torch``, ``auto``) need nothing; ``auto`` uses
     an export only when one is already there. INT8 is never made here, because it needs
@@ -50,13 +51,14 @@ def ensure_export(bundle: str | os.PathLike[str], backend: str = "onnx") -> Path
     path = recorded_export(folder, EXPORT_KEYS[backend])
     if path is not None:
         return path
-    if backend != "onnx":
+    if backend.endswith("-int8"):
         raise ExportError(
             f"{folder} has no up-to-date INT8 export: run `{export_command(folder, backend)}` "
-            f"first (it needs calibration images), or use --backend onnx"
+            f"first (it needs calibration images), or use --backend "
+            f"{backend.removesuffix('-int8')}"
         )
-    _logger.info("no up-to-date ONNX export in %s; exporting one now", folder)
-    report = export_onnx(folder)
+    _logger.info("no up-to-date %s export in %s; exporting one now", backend, folder)
+    report = export_onnx(folder) if backend == "onnx" else export_tflite(folder)
     _logger.info(
         "exported %s (max |logit diff| vs torch %.3g)",
         report.path,

@@ -1,4 +1,5 @@
-"""Inference: the :class:`Predictor` over torch or onnxruntime runners, and micro-batching.
+"""Inference: the :class:`Predictor` over torch, onnxruntime or LiteRT runners, and
+micro-batching.
 
 Loading only loads: exporting is :mod:`cropdoc.export`'s job, which imports this package
 and never the other way round.
@@ -12,6 +13,7 @@ from .artifacts import EXPORT_KEYS as EXPORT_KEYS
 from .artifacts import export_command as export_command
 from .artifacts import recorded_export as recorded_export
 from .errors import InferenceError as InferenceError
+from .litert import LiteRtRunner as LiteRtRunner
 from .predictor import BACKENDS as BACKENDS
 from .predictor import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
 from .predictor import ClassScore as ClassScore
@@ -33,6 +35,7 @@ __all__ = [
     "ClassScore",
     "ImageSource",
     "InferenceError",
+    "LiteRtRunner",
     "MicroBatcher",
     "OnnxRunner",
     "Prediction",

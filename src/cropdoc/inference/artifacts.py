@@ -1,4 +1,4 @@
-"""Which exported file an ONNX backend loads: the one ``model.json`` records, if it is current.
+"""Which exported file an ONNX or TFLite backend loads: the recorded one, if it is current.
 
 Loading and exporting both need this answer, and inference must not import the export
 package, so the lookup lives here and ``cropdoc.export`` imports it. A recorded file is
@@ -20,15 +20,20 @@ __all__ = ["EXPORT_KEYS", "export_command", "recorded_export"]
 _logger = logging.getLogger(__name__)
 
 #: The ``model.json`` ``exports`` key of each exported backend.
-EXPORT_KEYS = {"onnx": "onnx", "onnx-int8": "onnx_int8"}
+EXPORT_KEYS = {
+    "onnx": "onnx",
+    "onnx-int8": "onnx_int8",
+    "tflite": "tflite",
+    "tflite-int8": "tflite_int8",
+}
 
 
 def export_command(bundle: str | os.PathLike[str], backend: str) -> str:
     """The ``cropdoc export`` command that makes the file ``backend`` loads."""
     if backend not in EXPORT_KEYS:
         raise InferenceError(f"backend {backend!r} loads no exported file")
-    int8 = " --int8" if backend == "onnx-int8" else ""
-    return f"cropdoc export {bundle} --format onnx{int8}"
+    fmt, _, int8 = backend.partition("-")
+    return f"cropdoc export {bundle} --format {fmt}{' --int8' if int8 else ''}"
 
 
 def recorded_export(bundle: str | os.PathLike[str], key: str = "onnx") -> Path | None:
@@ -36,7 +41,7 @@ def recorded_export(bundle: str | os.PathLike[str], key: str = "onnx") -> Path |
 
     Args:
         bundle: a bundle folder or its run directory.
-        key: ``"onnx"`` or ``"onnx_int8"`` (see :data:`EXPORT_KEYS`).
+        key: ``"onnx"``, ``"onnx_int8"``, ``"tflite"``, ... (see :data:`EXPORT_KEYS`).
 
     Returns:
         The file's path, or None (with a warning when a record exists but is unusable).

@@ -37,6 +37,7 @@ from ..data.transforms import build_eval_transform
 from ..probabilities import softmax
 from .artifacts import EXPORT_KEYS, export_command, recorded_export
 from .errors import InferenceError
+from .litert import LiteRtRunner
 from .runners import OnnxRunner, Runner, TorchRunner, resolve_device
 from .sources import ImageSource, source_name
 
@@ -54,7 +55,7 @@ _logger = logging.getLogger(__name__)
 
 #: ``auto``: onnx when the bundle has an up-to-date ONNX export, onnxruntime is installed
 #: and the device is the CPU; torch otherwise.
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8", "tflite", "tflite-int8")
 #: Images per forward pass for ``predict`` and the most a server merges into one: batch
 #: 32 is where the CPU backends reach their offline throughput (BENCHMARKS.md).
 DEFAULT_BATCH_SIZE = 32
@@ -409,8 +410,9 @@ def load_predictor(
 ) -> Predictor:
     """Load a bundle for prediction on the chosen backend; never exports.
 
-    The ONNX backends load the file recorded in ``model.json`` ``exports`` (``onnx`` or
-    ``onnx_int8``) when it was made from the current weights; otherwise this raises and
+    The ONNX and TFLite backends load the file recorded in ``model.json`` ``exports``
+    (``onnx``, ``onnx_int8``, ``tflite``, ``tflite_int8``) when it was made from the
+    current weights; otherwise this raises and
     names the ``cropdoc export`` command that makes it (from Python:
     :func:`cropdoc.export.ensure_export`). Thread settings apply to this predictor's work
     only; the process's torch thread count is left as it was.
@@ -418,11 +420,12 @@ def load_predictor(
     Args:
         bundle: a bundle folder or its run directory.
         backend: one of :data:`BACKENDS`.
-        onnx_path: use this ONNX file instead of the recorded export.
+        onnx_path: use this exported file (``.onnx``; ``.tflite`` for the tflite backends)
+            instead of the recorded export.
         max_pixels: refuse larger images before decoding them.
         threads: intra-op threads for computing logits (None: the library's default).
         device: where the torch backend computes (``"auto"``: CUDA, then MPS, then CPU);
-            the ONNX backends run on the CPU.
+            the ONNX and TFLite backends run on the CPU.
 
     Raises:
         InferenceError: unknown backend or device, or no usable export.
@@ -450,8 +453,11 @@ def load_predictor(
             f"the {backend} backend runs on the CPU; use --device cpu, or --backend torch "
             f"to compute on {device}"
         )
-    path = _onnx_file(folder, backend, onnx_path)
-    runner = OnnxRunner.from_file(path, name=backend, threads=threads)
+    path = _export_file(folder, backend, onnx_path)
+    if backend.startswith("tflite"):
+        runner: Runner = LiteRtRunner.from_file(path, name=backend, threads=threads)
+    else:
+        runner = OnnxRunner.from_file(path, name=backend, threads=threads)
     # torch only preprocesses here: single images gain nothing from intra-op threads, while
     # its OpenMP team fights onnxruntime's pool for the cores (measured on 2 cores:
     # 1.3 ms/img with one thread vs 5-31 ms with two).
@@ -479,17 +485,19 @@ def _resolve_backend(
     return chosen
 
 
-def _onnx_file(folder: Path, backend: str, onnx_path: str | os.PathLike[str] | None) -> Path:
-    """The ONNX file to load: ``onnx_path``, else the bundle's up-to-date recorded export."""
-    if onnx_path is not None:
-        path = Path(onnx_path)
+def _export_file(folder: Path, backend: str, given: str | os.PathLike[str] | None) -> Path:
+    """The file to load: ``given``, else the bundle's up-to-date recorded export."""
+    if given is not None:
+        path = Path(given)
         if not path.is_file():
-            raise InferenceError(f"ONNX file {path} not found")
+            raise InferenceError(f"{backend} model file {path} not found")
         return path
     path = recorded_export(folder, EXPORT_KEYS[backend])
     if path is None:
-        fallback = "onnx" if backend == "onnx-int8" else "torch"
-        kind = "INT8" if backend == "onnx-int8" else "ONNX"
+        int8 = backend.endswith("-int8")
+        fallback = backend.removesuffix("-int8") if int8 else "torch"
+        kind = {"onnx": "ONNX", "tflite": "TFLite"}[backend.removesuffix("-int8")]
+        kind = f"{kind} INT8" if int8 else kind
         raise InferenceError(
             f"{folder} has no up-to-date {kind} export: run `{export_command(folder, backend)}`"
             f" first, or use --backend {fallback}"
