@@ -223,6 +223,33 @@ def running_server(bundle: Path, log: Path, *extra: str, start_s: float = 180) -
             proc.wait(timeout=15)
 
 
+@contextlib.contextmanager
+def static_server(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` as a plain static site on a free loopback port; yields its URL.
+
+    What a user hosting ``cropdoc export --format web`` gets from any static server: files,
+    standard MIME types, no special headers (no cross-origin isolation).
+    """
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
 def tiny_bundle(work: Path, data: Path) -> Path:
     """Train the tiny recipe once into ``work/run`` (reused when present); return the run."""
     from cropdoc.config import load_config

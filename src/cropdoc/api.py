@@ -28,11 +28,13 @@ from .errors import ConfigError
 from .evaluation import EvaluationResult, evaluate_bundle
 from .export import (
     ExportReport,
+    WebExport,
     collect_images,
     ensure_export,
     export_int8,
     export_onnx,
     export_tflite,
+    export_web,
 )
 from .inference import Prediction, Predictor, load_predictor
 from .training import TrainResult
@@ -44,7 +46,7 @@ __all__ = ["Model", "Run", "compare", "demo", "load", "train"]
 
 Progress = Callable[[int, int], None]
 #: What :meth:`Model.export` writes.
-EXPORT_FORMATS = ("onnx", "tflite")
+EXPORT_FORMATS = ("onnx", "tflite", "web")
 #: What :meth:`Model.predict` takes: paths (files or folders of images), PIL images, or
 #: ``uint8`` arrays ``(H, W, 3)`` in RGB.
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray
@@ -180,18 +182,25 @@ class Model:
         out: str | os.PathLike[str] | None = None,
         force: bool = False,
         min_agreement: float | None = None,
-    ) -> ExportReport:
+        ort_web: str | os.PathLike[str] | None = None,
+    ) -> ExportReport | WebExport:
         """Export and verify against PyTorch (recorded in ``model.json``).
 
         Args:
-            format: ``onnx``, or ``tflite`` (LiteRT, for phone apps; needs
-                ``pip install 'cropdoc[tflite]'``).
+            format: ``onnx``, ``tflite`` (LiteRT, for phone apps; needs
+                ``pip install 'cropdoc[tflite]'``) or ``web`` (a static folder that
+                diagnoses in the browser, offline after the first visit; returns a
+                :class:`~cropdoc.export.WebExport`).
             int8: quantize to INT8 (the fp32 export is made first when missing); refused
                 below ``min_agreement`` top-1 agreement with PyTorch unless ``force``.
+                ``web``: make the INT8 ONNX first; the page runs it only if it passed.
             images: files or folders to verify on (and calibrate INT8 with); default: the
                 run's own split.
-            out: the file to write (default: next to the bundle).
+            out: the file to write (default: next to the bundle); ``web``: the folder
+                (default: ``web/`` next to the bundle).
             force: write an export that failed its check.
+            ort_web: ``web``: a local onnxruntime-web tarball or unpacked folder
+                (default: fetched once with npm, hash-checked, cached).
         """
         if format not in EXPORT_FORMATS:
             raise ConfigError(
@@ -199,6 +208,8 @@ class Model:
             )
         self._predictor = None  # a new export may change what "auto" loads
         given = {"min_agreement": min_agreement} if min_agreement is not None else {}
+        if format == "web":
+            return export_web(self.path, out=out, ort_web=ort_web, int8=int8, calibration=images)
         if format == "tflite":
             return export_tflite(self.path, int8=int8, out=out, data=images, force=force, **given)
         if not int8:

@@ -42,6 +42,7 @@ class ExportFormat(StrEnum):
 
     onnx = "onnx"
     tflite = "tflite"
+    web = "web"
 
 
 # --------------------------------------------------------------------------- options
@@ -215,6 +216,29 @@ def _print_report(report) -> None:
             out.print("  [yellow]kept with --force although verification failed[/]")
 
 
+def _print_web(result) -> None:
+    config = json.loads((result.path / "config.json").read_text(encoding="utf-8"))
+    model = config["model"]
+    v = model.get("verification", {})
+    out.print(f"[bold]Web app[/]: written → {result.path}", highlight=False)
+    if model["kind"] == "INT8":
+        figure = f"top-1 agreement vs torch {v.get('top1_agreement', float('nan')):.2%}"
+    else:
+        figure = f"max |logit diff| vs torch {v.get('max_abs_logit_diff', float('nan')):.3g}"
+    out.print(f"  model: {model['kind']} ONNX ({figure})", highlight=False)
+    ood = config.get("ood")
+    abstains = f"{ood['kind']} score > {ood['threshold']:.4g}" if ood else "never"
+    out.print(f"  abstains: {abstains}", highlight=False)
+    out.print(f"  onnxruntime-web {result.ort_web_version} (hash-checked)", highlight=False)
+    out.print(f"  {len(result.files)} files, {result.size_bytes / 1e6:.1f} MB", highlight=False)
+    out.print(
+        "  host the folder over https, or try it here: "
+        f"python -m http.server -d {result.path} 8000, then open http://localhost:8000/",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command()
 def export(
     bundle: Bundle,
@@ -222,11 +246,15 @@ def export(
         ExportFormat,
         typer.Option(
             "--format",
-            help="onnx (dynamic batch) or tflite (LiteRT, batch 1, for Android/iOS apps; "
-            "pip install 'cropdoc[tflite]').",
+            help="onnx (dynamic batch), tflite (LiteRT, batch 1, for Android/iOS apps; "
+            "pip install 'cropdoc[tflite]') or web (a static folder that diagnoses in the "
+            "browser, offline after the first visit).",
         ),
     ] = ExportFormat.onnx,
-    int8: Annotated[bool, typer.Option("--int8", help="Also quantize to INT8.")] = False,
+    int8: Annotated[
+        bool,
+        typer.Option("--int8", help="Also quantize to INT8 (web: the page runs it if it passes)."),
+    ] = False,
     calibration: Annotated[
         list[Path] | None,
         typer.Option(
@@ -240,8 +268,8 @@ def export(
         typer.Option(
             "--out",
             help="Output file (default: model.onnx / model.tflite, or model.int8.*, in the "
-            "bundle).",
-            metavar="FILE",
+            "bundle); web: the folder (default: web/ next to the bundle).",
+            metavar="PATH",
         ),
     ] = None,
     min_agreement: Annotated[
@@ -249,12 +277,26 @@ def export(
         typer.Option(help="Minimum INT8 top-1 agreement with torch (default: 0.99).", metavar="P"),
     ] = None,
     force: Annotated[bool, typer.Option(help="Write files that fail verification.")] = False,
+    ort_web: Annotated[
+        Path | None,
+        typer.Option(
+            "--ort-web",
+            help="web: a local onnxruntime-web tarball or unpacked folder, for machines "
+            "without npm (default: fetched once with npm, hash-checked, cached).",
+            metavar="PATH",
+        ),
+    ] = None,
 ) -> None:
-    """Export to ONNX or TFLite (and INT8), verified against PyTorch on real images."""
+    """Export to ONNX or TFLite (and INT8), verified against PyTorch on real images, or to
+    an offline web app."""
     from ..api import load
 
     _quiet_exporters()
     model = load(bundle)
+    if format is ExportFormat.web:
+        result = model.export("web", int8=int8, images=calibration, out=out_path, ort_web=ort_web)
+        _print_web(result)
+        return
     fp32_out = None if int8 else out_path
     report = model.export(format.value, out=fp32_out, images=calibration, force=force)
     _print_report(report)

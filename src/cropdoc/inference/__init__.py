@@ -21,6 +21,7 @@ from .predictor import MicroBatcher as MicroBatcher
 from .predictor import Prediction as Prediction
 from .predictor import Predictor as Predictor
 from .predictor import load_predictor as load_predictor
+from .runners import FEATURES_OUTPUT as FEATURES_OUTPUT
 from .runners import OnnxRunner as OnnxRunner
 from .runners import Runner as Runner
 from .runners import TorchRunner as TorchRunner
@@ -32,6 +33,7 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_BATCH_SIZE",
     "EXPORT_KEYS",
+    "FEATURES_OUTPUT",
     "ClassScore",
     "ImageSource",
     "InferenceError",

@@ -24,7 +24,17 @@ from .errors import InferenceError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["OnnxRunner", "Runner", "TorchRunner", "onnx_session", "resolve_device"]
+__all__ = [
+    "FEATURES_OUTPUT",
+    "OnnxRunner",
+    "Runner",
+    "TorchRunner",
+    "onnx_session",
+    "resolve_device",
+]
+
+#: Name of the ONNX output that holds the penultimate head features (after ``logits``).
+FEATURES_OUTPUT = "features"
 
 
 class Runner(Protocol):
