@@ -45,6 +45,7 @@ LAYERS = {
     "resources": FOUNDATION,
     "preprocessing": FOUNDATION,
     "probabilities": FOUNDATION,
+    "ood": FOUNDATION,
     "cpu": FOUNDATION,
     "io": FOUNDATION,
     "errors": FOUNDATION,
