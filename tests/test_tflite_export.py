@@ -4,7 +4,7 @@ A MobileNetV3-Small bundle at 32 px (random weights: no training, so the file st
 within a minute) verified on real leaves, run with the LiteRT interpreter:
 
 - fp32 through the CLI: figures printed and stored in ``model.json`` (max |logit
-  difference| <= 1e-3 on the real leaves), and
+  difference| <= 1e-3 on the real leaves), logits and features outputs, and
   ``cropdoc predict --backend tflite`` answers like torch;
 - INT8 (AI Edge Quantizer, calibrated on real leaves, ``force``): the agreement figures
   are computed on the leaves and stored, and the ``tflite-int8`` backend runs;
@@ -78,14 +78,15 @@ def test_fp32_export_is_verified_on_real_leaves_and_recorded(exported: Path, lea
     assert v["metric"] == "max_abs_logit_diff" and v["threshold"] == 1e-3 and v["passed"]
     assert 0 <= v["max_abs_logit_diff"] <= 1e-3
     assert v["images"] == 3 * PER_CLASS and str(leaves) in v["source"]
-    assert record["outputs"] == ["logits"]
+    assert record["outputs"] == ["logits", "features"]
     assert (exported / record["path"]).stat().st_size == record["size_bytes"]
     assert {"litert-torch", "ai-edge-litert"} <= set(record["versions"])
 
     lite, ref = load_predictor(exported, backend="tflite"), load_predictor(exported)
     batch = np.stack([lite.preprocess(p).numpy() for p in collect_images([leaves])[:5]])
-    logits, want = lite.logits(batch), ref.logits(batch)
+    (logits, features), (want, want_features) = lite.outputs(batch), ref.outputs(batch)
     assert logits.shape == (5, 3) and np.abs(logits - want).max() <= 1e-3
+    assert np.abs(features - want_features).max() <= 1e-3
 
 
 def test_cli_predict_with_the_tflite_backend(exported: Path, leaves: Path):
@@ -153,7 +154,7 @@ def test_int8_below_the_threshold_is_refused_unless_forced(
     # The CLI makes fp32 first: a copy of the verified file stands in for the converter.
     fp32 = (bundle / "model.tflite").read_bytes()
     monkeypatch.setattr(
-        tflite_module, "_convert", lambda model, size, target: target.write_bytes(fp32)
+        tflite_module, "_convert", lambda model, arch, size, target: target.write_bytes(fp32)
     )
     args = ["export", str(bundle), "--format", "tflite", "--int8", "--calibration", str(leaves)]
     res = CliRunner().invoke(app, args, env=WIDE)

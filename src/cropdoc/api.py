@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .bundle import BundleMeta, read_meta, resolve_bundle_dir
+from .bundle import BundleMeta, OodInfo, read_meta, resolve_bundle_dir
 from .config import TrainConfig, load_config, merge_overrides, options_to_overrides
 from .errors import ConfigError
-from .evaluation import EvaluationResult, evaluate_bundle
+from .evaluation import EvaluationResult, evaluate_bundle, fit_run_ood
 from .export import (
     ExportReport,
     WebExport,
@@ -138,6 +138,28 @@ class Model:
             list(_sources(images)), top_k=top_k, progress=progress, **given
         )
 
+    def fit_ood(
+        self,
+        *,
+        kind: str | None = None,
+        target: float | None = None,
+        data: str | os.PathLike[str] | None = None,
+        workers: int = 0,
+        device: str | None = None,
+    ) -> OodInfo:
+        """Refit the score the model abstains with, on its run's val split (``model.json``).
+
+        Training does this already (with the default score); call it to change the score
+        or the false-abstain target of an existing bundle, or to give one trained by an
+        older cropdoc a score. ``kind``: ``energy`` (default), ``msp`` or ``mahalanobis``;
+        ``target``: the share of val images it may turn away (default 0.05); ``data``:
+        where the dataset is now, when it moved since training.
+        """
+        given = {k: v for k, v in {"kind": kind, "target": target}.items() if v is not None}
+        info = fit_run_ood(self.path, data=data, workers=workers, device=device, **given)
+        self._predictor = None  # the loaded one holds the old threshold
+        return info
+
     def evaluate(
         self,
         data: str | os.PathLike[str],
@@ -146,6 +168,8 @@ class Model:
         split: str | None = None,
         split_file: str | os.PathLike[str] | None = None,
         ignore_unknown: bool = False,
+        ood: str | os.PathLike[str] | None = None,
+        robustness: bool = False,
         batch_size: int = 64,
         workers: int | None = None,
         device: str | None = None,
@@ -157,6 +181,10 @@ class Model:
         ``split``: ``test``/``val``/``train`` of the run's split, or ``all``; by default
         the run's test split when ``data`` is the folder it was trained on.
         ``ignore_unknown``: skip class folders the model does not know instead of failing.
+        ``ood``: a folder of images of none of the model's classes; adds AUROC, FPR at
+        95 % TPR and abstain rates on both sets (``metrics["ood"]["ood_set"]``) and
+        ``ood_histogram.png``. ``robustness``: macro-F1 and abstain rate under phone-photo
+        corruptions at three severities (``robustness.json``, ``robustness.png``).
         """
         out_dir = Path(out) if out is not None else self.path.parent / "eval"
         return evaluate_bundle(
@@ -166,6 +194,8 @@ class Model:
             split=split,
             split_file=split_file,
             ignore_unknown=ignore_unknown,
+            ood_dir=ood,
+            robustness=robustness,
             batch_size=batch_size,
             workers=workers,
             device=device,

@@ -96,7 +96,36 @@ def _load(bundle: Path, backend: Backend, device: Device, threads: int | None = 
     return load(bundle, backend=backend.value, device=device.value, threads=threads).predictor
 
 
+MaxPixelsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Refuse images declaring more pixels than this, before decoding (default: "
+        "40000000; raise it for large phone photos, e.g. 50000000 for 48 MP).",
+        metavar="N",
+    ),
+]
+
+
 # --------------------------------------------------------------------------- predict
+def _write_explanations(bundle: Path, results, folder: Path, max_pixels: int) -> int:
+    """A Grad-CAM overlay per predicted image, named after it (unique within ``folder``)."""
+    from ..inference import load_explainer
+
+    explainer = load_explainer(bundle, max_pixels=max_pixels)
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    written = 0
+    for i, r in enumerate(results):
+        if r.best is None:
+            continue
+        stem = Path(r.source).stem
+        name = f"{stem}.gradcam.png" if stem not in used else f"{stem}-{i}.gradcam.png"
+        used.add(stem)
+        explainer.explain(r.source, class_index=r.best.index).save(folder / name)
+        written += 1
+    return written
+
+
 def _progress(total: int):
     """A rich progress callback for many images; None for a handful."""
     if total < 8:
@@ -124,17 +153,22 @@ def _print_results(results, *, top_k: int, as_json: bool, as_csv: bool) -> None:
         header = ["path", "class", "probability"]
         for i in range(2, top_k + 1):
             header += [f"class_{i}", f"probability_{i}"]
-        writer.writerow([*header, "error"])
+        writer.writerow([*header, "ood_score", "abstain", "error"])
         for r in results:
             row: list[object] = [r.source]
             for i in range(top_k):
                 s = r.top[i] if i < len(r.top) else None
                 row += [s.name, f"{s.probability:.6f}"] if s else ["", ""]
-            writer.writerow([*row, r.error or ""])
+            score = f"{r.ood_score:.6g}" if r.ood_score is not None else ""
+            writer.writerow([*row, score, str(r.abstain).lower(), r.error or ""])
         return
     for r in results:
         if r.best is None:
             out.print(f"{r.source}  [red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+            continue
+        if r.abstain:
+            line = f"{r.source}  [yellow]not recognised[/] (OOD score {r.ood_score:.3g})"
+            out.print(line, highlight=False, soft_wrap=True)
             continue
         others = ", ".join(f"{s.label} {s.probability:.1%}" for s in r.top[1:])
         line = f"{r.source}  [bold]{r.best.label}[/] {r.best.probability:.1%}"
@@ -156,10 +190,23 @@ def predict(
         int | None, typer.Option(help="Images per forward pass (default: 32).", metavar="N")
     ] = None,
     device: DeviceOpt = Device.auto,
+    explain: Annotated[
+        Path | None,
+        typer.Option(
+            "--explain",
+            metavar="DIR",
+            help="Write a Grad-CAM heatmap overlay per image into DIR (<name>.gradcam.png): "
+            "where the model looked for the class it predicted.",
+        ),
+    ] = None,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
     """Predict the disease in leaf photos; a bad file gets an error entry, the rest continue.
 
-    Exits with 1 only when no image could be predicted.
+    Every result carries ood_score (higher = less like the training photos) and abstain
+    (true: not one of the model's crops/diseases, or not a clear leaf photo; a bundle
+    without a fitted OOD score never abstains). Exits with 1 only when no image could be
+    predicted.
     """
     from ..inference import collect_images
 
@@ -169,6 +216,8 @@ def predict(
     if not images:
         raise typer.BadParameter("no images found in the given paths")
     predictor = _load(bundle, backend, device)
+    if max_pixels is not None:
+        predictor.max_pixels = max_pixels
     bar, callback = _progress(len(images))
     if bar is not None:
         bar.start()
@@ -180,6 +229,9 @@ def predict(
         if bar is not None:
             bar.stop()
     _print_results(results, top_k=top_k, as_json=as_json, as_csv=as_csv)
+    if explain is not None:
+        written = _write_explanations(bundle, results, explain, predictor.max_pixels)
+        console.print(f"wrote {written} heatmap(s) to {explain}", highlight=False)
     failed = sum(not r.ok for r in results)
     if failed:
         console.print(f"{failed} of {len(results)} image(s) could not be read", highlight=False)
@@ -365,8 +417,14 @@ def serve(
         typer.Option(help="Flag results below this top-1 probability (default: 0.7).", metavar="P"),
     ] = None,
     top_k: TopK = 3,
+    max_pixels: MaxPixelsOpt = None,
 ) -> None:
-    """Serve a JSON API (/predict, /model, /health, /docs) and a web page at /."""
+    """Serve a JSON API (/predict, /model, /health, /docs) and a web page at /.
+
+    Every result carries ood_score and abstain (not recognised: no disease, no treatment);
+    POST /predict?explain=true adds a Grad-CAM overlay (PNG, base64). The page shrinks
+    large photos before upload and shows the overlay beside the photo.
+    """
     try:
         from ..serve import ServeSettings, plan_processes, run_server
     except ImportError as e:
@@ -383,6 +441,7 @@ def serve(
             low_confidence=low_confidence,
             batch_max=batch_max,
             batch_wait_ms=batch_wait_ms,
+            max_pixels=max_pixels,
         ),
     )
     plan = plan_processes(processes)

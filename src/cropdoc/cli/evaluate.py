@@ -1,8 +1,9 @@
-"""``cropdoc evaluate`` and ``cropdoc compare``."""
+"""``cropdoc evaluate``, ``cropdoc fit-ood`` and ``cropdoc compare``."""
 
 from __future__ import annotations
 
 import logging
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from . import options as opts
 from .app import app, out, progress_callback, scan_progress
 
-__all__ = ["compare", "evaluate"]
+__all__ = ["compare", "evaluate", "fit_ood"]
 
 _logger = logging.getLogger(__name__)
 
@@ -63,11 +64,30 @@ def evaluate(
         bool,
         typer.Option("--ignore-unknown", help="Skip class folders the model does not know."),
     ] = False,
+    ood: Annotated[
+        Path | None,
+        typer.Option(
+            "--ood",
+            metavar="OOD_DIR",
+            help="Images of none of the model's classes (unseen diseases, non-leaf photos): "
+            "AUROC, FPR at 95% TPR and abstain rates on both sets, ood_histogram.png.",
+        ),
+    ] = None,
+    robustness: Annotated[
+        bool,
+        typer.Option(
+            "--robustness",
+            help="Also score the images under phone-photo corruptions (blur, noise, JPEG, "
+            "light, colour cast, rotation, scale, off-centre crop, cluttered background) at 3 "
+            "severities: robustness.json, robustness.png, a report section.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
     workers: opts.WorkersOpt = None,
     device: opts.DeviceOpt = None,
 ) -> None:
-    """Score a model on a dataset: metrics, confusion matrix, calibration, examples, report."""
+    """Score a model on a dataset: metrics, confusion matrix, calibration, abstain rate
+    (OOD score), examples, report."""
     result = _evaluate(
         bundle,
         data,
@@ -75,6 +95,8 @@ def evaluate(
         split=split.value if split else None,
         split_file=split_file,
         ignore_unknown=ignore_unknown,
+        ood=ood,
+        robustness=robustness,
         batch_size=batch_size,
         workers=workers,
         device=device.value if device else None,
@@ -104,11 +126,92 @@ def evaluate(
     if m.get("skipped_unknown_images"):
         table.add_row("unknown-class images skipped", str(m["skipped_unknown_images"]))
     out.print(table)
+    _print_ood(m.get("ood") or {})
     worst = sorted(
         ((c, v) for c, v in m["per_class"].items() if v["support"]), key=lambda cv: cv[1]["f1"]
     )[:3]
     out.print("worst classes: " + ", ".join(f"{c} (F1 {v['f1']:.3f})" for c, v in worst))
     out.print(f"wrote {len(result.files)} files to {result.out_dir}: " + ", ".join(result.files))
+
+
+def _print_ood(ood: dict[str, Any]) -> None:
+    """The abstain rate, and with --ood the figures against the unknown images."""
+    if not ood:
+        return
+    if not ood.get("fitted"):
+        out.print(f"OOD score: {ood['kind']} (not fitted: this bundle never abstains)")
+    else:
+        out.print(
+            f"OOD score {ood['kind']}, threshold {ood['threshold']:.4g}: abstains on "
+            f"{ood['abstain_rate']:.1%} of these images"
+        )
+    vs = ood.get("ood_set")
+    if vs:
+        table = Table(title=f"known classes vs {vs['folder']} ({vs['n_ood']} images)")
+        for col in ("AUROC", "FPR@95%TPR", "abstain known", "abstain unknown"):
+            table.add_column(col, justify="right")
+        table.add_row(
+            f"{vs['auroc']:.4f}",
+            f"{vs['fpr95']:.1%}",
+            f"{vs['abstain_rate_id']:.1%}",
+            f"{vs['abstain_rate_ood']:.1%}",
+        )
+        out.print(table)
+
+
+# --------------------------------------------------------------------------- fit-ood
+class OodKind(StrEnum):
+    """What ``cropdoc fit-ood --score`` fits (``cropdoc.ood.OOD_KINDS``)."""
+
+    energy = "energy"
+    msp = "msp"
+    mahalanobis = "mahalanobis"
+
+
+@app.command("fit-ood")
+def fit_ood(
+    bundle: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="Model bundle (RUN/model) or its run directory."),
+    ],
+    score: Annotated[
+        OodKind | None,
+        typer.Option(
+            help="energy (default: best in BENCHMARKS.md), msp (calibrated max softmax) or "
+            "mahalanobis (penultimate features; ONNX needs a re-export)."
+        ),
+    ] = None,
+    target: Annotated[
+        float | None,
+        typer.Option(
+            help="Share of the run's val images the threshold may turn away (default: 0.05).",
+            metavar="RATE",
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Where the dataset is now, if it moved since training.", metavar="DIR"),
+    ] = None,
+    workers: opts.WorkersOpt = None,
+    device: opts.DeviceOpt = None,
+) -> None:
+    """Refit the score a model abstains with ("not recognised") on its run's val split."""
+    from ..api import load
+
+    info = load(bundle).fit_ood(
+        kind=score.value if score else None,
+        target=target,
+        data=data,
+        workers=workers or 0,
+        device=device.value if device else None,
+    )
+    m = info.metrics
+    out.print(
+        f"OOD score {info.kind}: threshold {info.threshold:.4g} turns away "
+        f"{m['val_abstain_rate']:.1%} of {m['val_images']} val images "
+        f"(target {info.target_false_abstain:.0%}); saved in model.json",
+        highlight=False,
+    )
 
 
 # --------------------------------------------------------------------------- compare

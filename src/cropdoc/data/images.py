@@ -4,11 +4,14 @@ Every image a user hands us goes through :func:`open_rgb` (or :func:`load_tensor
 twin for JPEG), so every caller gets the same answers to the awkward questions: a file
 that declares a gigantic size is refused *before* decoding; a truncated file is an error,
 never a half-grey picture; EXIF orientation is applied; and every PIL mode becomes 8-bit
-RGB with alpha composited onto white and 16/32-bit data scaled, not clipped.
+RGB with alpha composited onto white and 16/32-bit data scaled, not clipped. HEIC/HEIF,
+the default format of phone cameras, is read through ``pillow-heif`` (registered with PIL
+on the first open, so importing this module stays cheap).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import struct
@@ -39,7 +42,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_PIXELS = 40_000_000
-SUPPORTED_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+SUPPORTED_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".heic", ".heif"}
+)
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _UINT16_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
@@ -181,8 +186,21 @@ def _read_source(source: Path | str | bytes) -> tuple[bytes, str]:
     return data, label
 
 
+@functools.cache
+def _register_heif() -> bool:
+    """Teach PIL to open HEIC/HEIF (once per process); False when pillow-heif is missing."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        logger.debug("pillow-heif is not installed; HEIC/HEIF photos cannot be read")
+        return False
+    register_heif_opener()
+    return True
+
+
 def _open_header(data: bytes, label: str) -> Image.Image:
     """Identify the format and read the header only (no pixel decoding yet)."""
+    _register_heif()
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             # Our own max_pixels check (below) is the one that decides; PIL's warning would

@@ -23,24 +23,30 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from ..bundle import BundleMeta, load_bundle
+from ..bundle import Bundle, BundleMeta, load_bundle
 from ..classnames import match_classes
 from ..cpu import default_workers
 from ..data.scan import scan_folder
 from ..data.split import SPLITS, SplitManifest
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, atomic_write_text
+from ..ood import bundle_scores
 from ..probabilities import softmax
+from .gallery import plot_error_gallery
 from .logits import Logits, collect_logits
 from .metrics import classification_report_text, compute_metrics
+from .ood import evaluate_ood_folder, ood_summary
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_predictions, plot_reliability
 from .report import write_eval_report, write_run_report
+from .robustness import evaluate_robustness
 
-__all__ = ["EVAL_FILES", "EVAL_SPLITS", "EvaluationResult", "evaluate_bundle"]
+__all__ = ["ERRORS_GALLERY", "EVAL_FILES", "EVAL_SPLITS", "EvaluationResult", "evaluate_bundle"]
 
 _logger = logging.getLogger(__name__)
 
 EVAL_SPLITS = (*SPLITS, "all")
+#: Grad-CAM overlays of the most confident errors (written when there are errors).
+ERRORS_GALLERY = "errors_gradcam.png"
 EVAL_FILES = (
     "metrics.json",
     "classification_report.txt",
@@ -186,15 +192,46 @@ def _select(
 
 
 def _predictions_csv(
-    paths: list[Path], labels: np.ndarray, probs: np.ndarray, classes: list[str]
+    paths: list[Path],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    ood: tuple[np.ndarray, np.ndarray],
 ) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "true", "predicted", "confidence", "correct"])
+    writer.writerow(["path", "true", "predicted", "confidence", "correct", "ood_score", "abstain"])
     pred = probs.argmax(axis=1)
-    for p, y, k, c in zip(paths, labels, pred, probs.max(axis=1), strict=True):
-        writer.writerow([str(p), classes[y], classes[k], f"{c:.4f}", int(y == k)])
+    rows = zip(paths, labels, pred, probs.max(axis=1), *ood, strict=True)
+    for p, y, k, c, score, no in rows:
+        writer.writerow(
+            [str(p), classes[y], classes[k], f"{c:.4f}", int(y == k), f"{score:.6g}", int(no)]
+        )
     return buf.getvalue()
+
+
+def _ood(
+    bundle: Bundle,
+    result: Logits,
+    probs: np.ndarray,
+    out: Path,
+    ood_dir: str | os.PathLike[str] | None,
+    **collect: Any,
+) -> tuple[tuple[np.ndarray, np.ndarray], dict[str, Any], dict[str, Path]]:
+    """Per-image OOD scores and abstain flags, ``metrics.json`` ``ood``, and with
+    ``ood_dir`` the figures against those unknown images (and their files)."""
+    meta = bundle.meta
+    scores, abstain = bundle_scores(
+        meta.ood, result.logits, temperature=meta.temperature, features=result.features
+    )
+    summary = ood_summary(meta, scores, abstain, probs.argmax(axis=1) == result.labels)
+    files: dict[str, Path] = {}
+    if ood_dir is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        summary["ood_set"], files = evaluate_ood_folder(
+            bundle.model, meta, ood_dir, scores, out, **collect
+        )
+    return (scores, abstain), summary, files
 
 
 def _metrics(
@@ -237,6 +274,7 @@ def _write_outputs(
     result: Logits,
     probs: np.ndarray,
     metrics: dict[str, Any],
+    ood: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, Path]:
     """Write :data:`EVAL_FILES` into ``out``; return them by name."""
     classes, n, arch = list(meta.classes), len(result.labels), meta.arch
@@ -249,7 +287,8 @@ def _write_outputs(
         + classification_report_text(probs, result.labels, classes),
     )
     atomic_write_text(
-        files["predictions.csv"], _predictions_csv(result.paths, result.labels, probs, classes)
+        files["predictions.csv"],
+        _predictions_csv(result.paths, result.labels, probs, classes, ood),
     )
     plot_confusion_matrix(
         np.asarray(metrics["confusion_matrix"]),
@@ -283,6 +322,8 @@ def evaluate_bundle(
     split: str | None = None,
     split_file: str | os.PathLike[str] | None = None,
     ignore_unknown: bool = False,
+    ood_dir: str | os.PathLike[str] | None = None,
+    robustness: bool = False,
     batch_size: int = 64,
     workers: int | None = None,
     device: str | None = None,
@@ -302,6 +343,13 @@ def evaluate_bundle(
         split_file: a ``split.json`` to take the split from (e.g. another run's, so
             several models are scored on one test set).
         ignore_unknown: skip class folders the model does not know instead of failing.
+        ood_dir: a folder of images of none of the model's classes (unseen diseases,
+            non-leaf photos): AUROC, FPR at 95 % TPR and abstain rates of the bundle's
+            OOD score against the evaluated images, ``ood_histogram.png`` and
+            ``ood_predictions.csv``. Without it, ``metrics.json`` still has the abstain
+            rate and each row of ``predictions.csv`` its ``ood_score`` and ``abstain``.
+        robustness: also score (up to 300 of) the images under phone-photo corruptions
+            at three severities: ``robustness.json``, ``robustness.png``, a report section.
         batch_size: images per forward pass.
         workers: DataLoader workers (None: sized for the machine).
         device: ``"auto"``/None, ``"cpu"``, ``"cuda"``.
@@ -340,14 +388,13 @@ def evaluate_bundle(
     _logger.info(
         "evaluating %s on %d images: %s", bundle.path, len(selection.samples), selection.source
     )
+    collect = {
+        "batch_size": batch_size,
+        "workers": default_workers() if workers is None else workers,
+        "device": device,
+    }
     result = collect_logits(
-        bundle.model,
-        selection.samples,
-        meta,
-        batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
-        device=device,
-        progress=progress,
+        bundle.model, selection.samples, meta, progress=progress, features=True, **collect
     )
     bad = selection.bad + result.bad
     if len(result.labels) == 0:
@@ -355,7 +402,19 @@ def evaluate_bundle(
     probs = softmax(result.logits, meta.temperature)
     metrics = _metrics(result, probs, meta, selection, bad)
     metrics.update(data=str(data_path), bundle=str(bundle.path))
-    files = _write_outputs(out, meta, selection, result, probs, metrics)
+    ood, metrics["ood"], ood_files = _ood(bundle, result, probs, out, ood_dir, **collect)
+    files = _write_outputs(out, meta, selection, result, probs, metrics, ood)
+    files.update(ood_files)
+    gallery = plot_error_gallery(
+        bundle.model, meta, result.paths, result.labels, probs, out / ERRORS_GALLERY
+    )
+    if gallery is not None:
+        files[ERRORS_GALLERY] = gallery
+    if robustness:
+        summary = evaluate_robustness(bundle, selection.samples, out, **collect)
+        metrics["robustness"] = {"file": "robustness.json", "n_images": summary["n_images"]}
+        atomic_write_json(files["metrics.json"], metrics)
+        files.update({n: out / n for n in ("robustness.json", "robustness.png")})
     evaluation = EvaluationResult(
         out_dir=out,
         metrics=metrics,

@@ -22,6 +22,7 @@ from ..bundle import BundleMeta
 from ..data.images import DEFAULT_MAX_PIXELS, load_tensor
 from ..data.transforms import build_eval_transform
 from ..errors import DataError
+from ..models import LogitsAndFeatures, get_arch
 
 __all__ = ["Logits", "collect_logits", "resolve_device"]
 
@@ -47,6 +48,8 @@ class Logits:
     labels: np.ndarray  # (N,) int64
     paths: list[Path]
     bad: list[tuple[Path, str]] = field(default_factory=list)
+    #: (N, D) penultimate head features, when asked for (feature-space OOD scores).
+    features: np.ndarray | None = None
 
 
 class _TolerantDataset(Dataset):
@@ -58,9 +61,11 @@ class _TolerantDataset(Dataset):
         transform: Callable[[torch.Tensor], torch.Tensor],
         image_size: int,
         max_pixels: int,
+        pre: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.pre = pre
         self.blank = torch.zeros(3, image_size, image_size)
         self.max_pixels = max_pixels
         self.errors: dict[int, str] = {}
@@ -71,7 +76,10 @@ class _TolerantDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
         path, label = self.samples[index]
         try:
-            image = self.transform(load_tensor(path, max_pixels=self.max_pixels))
+            decoded = load_tensor(path, max_pixels=self.max_pixels)
+            if self.pre is not None:
+                decoded = self.pre(decoded, index)
+            image = self.transform(decoded)
         except DataError as e:
             reason = getattr(e, "reason", str(e))
             return self.blank, label, index, reason
@@ -89,6 +97,8 @@ def collect_logits(
     device: str | torch.device | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: Callable[[int, int], None] | None = None,
+    features: bool = False,
+    pre: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
 ) -> Logits:
     """Logits of ``model`` for every (path, label) in ``samples``, in order.
 
@@ -101,17 +111,22 @@ def collect_logits(
         device: ``"auto"``/None, ``"cpu"``, ``"cuda"``, ...
         max_pixels: images declaring more pixels are reported as bad.
         progress: called as ``progress(done, total)`` after each batch.
+        features: also keep the penultimate head features (``Logits.features``).
+        pre: applied to each decoded ``uint8 (3, H, W)`` photo (and its index in
+            ``samples``) before the eval transform, e.g. a corruption.
 
     Returns:
         The logits of the images that decoded, and the (path, reason) of those that did not.
     """
     dev = resolve_device(device)
     model = model.eval().to(dev)
+    net = LogitsAndFeatures(model, get_arch(meta.arch)) if features else model
     dataset = _TolerantDataset(
         samples,
         build_eval_transform(meta.preprocessing),
         meta.preprocessing.image_size,
         max_pixels,
+        pre,
     )
     loader = DataLoader(
         dataset,
@@ -121,6 +136,7 @@ def collect_logits(
         pin_memory=dev.type == "cuda",
     )
     outs: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     kept: list[int] = []
     bad: list[tuple[Path, str]] = []
@@ -131,8 +147,11 @@ def collect_logits(
             if r:
                 bad.append((dataset.samples[i][0], r))
         if ok.any():
-            logits = model(x[ok].to(dev, non_blocking=True)).float().cpu()
-            outs.append(logits.numpy())
+            out = net(x[ok].to(dev, non_blocking=True))
+            logits = out[0] if features else out
+            outs.append(logits.float().cpu().numpy())
+            if features:
+                feats.append(out[1].float().cpu().numpy())
             labels.append(y[ok].numpy())
             kept.extend(index[ok].tolist())
         done += len(y)
@@ -148,4 +167,7 @@ def collect_logits(
         labels=np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
         paths=[dataset.samples[i][0] for i in kept],
         bad=bad,
+        features=(np.concatenate(feats) if feats else np.zeros((0, 0), np.float32))
+        if features
+        else None,
     )

@@ -26,6 +26,7 @@ from .metrics import ECE_BINS, expected_calibration_error, reliability_bins
 
 __all__ = [
     "plot_confusion_matrix",
+    "plot_ood_histogram",
     "plot_per_class_f1",
     "plot_predictions",
     "plot_reliability",
@@ -283,4 +284,42 @@ def plot_tradeoff(
     ax.margins(x=0.25, y=0.2)
     ax.spines[["top", "right"]].set_visible(False)
     ax.set_title(title, fontsize=11)
+    return save_figure(fig, path, dpi=_DPI)
+
+
+def plot_ood_histogram(
+    scores: Mapping[str, Any],
+    threshold: float | None,
+    path: str | os.PathLike[str],
+    *,
+    kind: str = "",
+    title: str = "",
+) -> Path:
+    """Score histograms of each set (in-distribution first) and the abstain threshold.
+
+    Shared bins on a log axis when the score spans decades (Mahalanobis distances do), so
+    the overlap, which is what decides the abstain rates, stays visible.
+    """
+    arrays = {name: np.asarray(v, dtype=float) for name, v in scores.items() if len(v)}
+    values = np.concatenate(list(arrays.values()))
+    positive = values.min() > 0
+    log = positive and values.max() / values.min() > 100
+    lo, hi = values.min(), values.max()
+    bins = np.geomspace(lo, hi, 41) if log else np.linspace(lo, hi if hi > lo else lo + 1, 41)
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    colours = [_GREEN, _RED, "#6a3d9a", "#ff7f00", "#1f78b4"]
+    for (name, v), colour in zip(arrays.items(), colours * 4, strict=False):
+        ax.hist(v, bins=bins, alpha=0.45, color=colour, label=f"{name} ({len(v)})")
+    if threshold is not None:
+        ax.axvline(threshold, color="#222222", linestyle="--", linewidth=1.2)
+        ax.text(threshold, ax.get_ylim()[1] * 0.95, " abstain →", va="top", fontsize=9)
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(f"OOD score{f' ({kind})' if kind else ''}: higher = stranger")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=9, frameon=False)
+    ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=11)
     return save_figure(fig, path, dpi=_DPI)

@@ -270,6 +270,85 @@ def _calibration_section(
     return lines
 
 
+def _ood_section(metrics: dict[str, Any], eval_dir: Path | None, base: Path) -> list[str]:
+    """How often the model says "not recognised", and how well that separates unknowns."""
+    ood = metrics.get("ood")
+    if not ood:
+        return []
+    lines = ["## Out-of-distribution: when the model abstains", ""]
+    if not ood.get("fitted"):
+        lines += [
+            f"No OOD score is fitted in this bundle: `ood_score` is `{ood['kind']}` "
+            "(1 - top-1 probability) and the model never abstains.",
+            "",
+        ]
+    else:
+        target = ood.get("target_false_abstain")
+        lines += [
+            f"Score `{ood['kind']}` (higher = stranger), threshold {_num(ood['threshold'])}, "
+            f"set to turn away {_pct(target)} of the validation images. On these images it "
+            f"abstains on {_pct(ood['abstain_rate'])}; accuracy on the rest "
+            f"{_pct(ood.get('accuracy_accepted'))}.",
+            "",
+        ]
+    vs = ood.get("ood_set")
+    if vs:
+        lines += _table(
+            ["unknown images", "AUROC", "FPR at 95 % TPR", "abstain: known", "abstain: unknown"],
+            [
+                [
+                    f"`{vs['folder']}` ({vs['n_ood']})",
+                    _num(vs["auroc"]),
+                    _pct(vs["fpr95"]),
+                    _pct(vs["abstain_rate_id"]),
+                    _pct(vs["abstain_rate_ood"]),
+                ]
+            ],
+        )
+        if eval_dir is not None and (eval_dir / "ood_histogram.png").is_file():
+            lines += _img(eval_dir / "ood_histogram.png", base, "OOD score histogram")
+    return lines
+
+
+def _robustness_section(eval_dir: Path | None, base: Path) -> list[str]:
+    """Macro-F1 and abstain rate per corruption and severity (``--robustness``)."""
+    if eval_dir is None or not (eval_dir / "robustness.json").is_file():
+        return []
+    r = _json(eval_dir / "robustness.json")
+    clean = r.get("clean", {})
+    lines = [
+        "## Robustness: phone-photo corruptions",
+        "",
+        f"{r.get('n_images')} test images, clean macro-F1 {_num(clean.get('macro_f1'), 3)}, "
+        f"abstain {_pct(clean.get('abstain_rate'))}. Each cell: macro-F1 / abstain rate "
+        "(abstaining on a photo too damaged to read is the wanted answer).",
+        "",
+    ]
+    rows = [
+        [f"`{name}`"]
+        + [
+            f"{_num(sev[s]['macro_f1'], 3)} / {_pct(sev[s]['abstain_rate'])}"
+            for s in sorted(sev, key=int)
+        ]
+        for name, sev in r.get("corruptions", {}).items()
+    ]
+    lines += _table(["corruption", "severity 1", "severity 2", "severity 3"], rows)
+    return lines + _img(eval_dir / "robustness.png", base, "robustness")
+
+
+def _gallery_section(eval_dir: Path | None, base: Path) -> list[str]:
+    if eval_dir is None or not (eval_dir / "errors_gradcam.png").is_file():
+        return []
+    return [
+        "## Most confident errors: where the model looked",
+        "",
+        "Grad-CAM overlays for the class the model predicted: warm colours mattered most. A "
+        "map on the background instead of the leaf points to a shortcut in the data.",
+        "",
+        *_img(eval_dir / "errors_gradcam.png", base, "Grad-CAM of the most confident errors"),
+    ]
+
+
 def _worst_section(metrics: dict[str, Any], eval_dir: Path | None, base: Path) -> list[str]:
     per_class: dict[str, dict[str, Any]] = metrics.get("per_class", {})
     present = [(c, m) for c, m in per_class.items() if m.get("support", 0) > 0]
@@ -363,6 +442,9 @@ def _build(base: Path, run_dir: Path | None, eval_dir: Path | None) -> str:
     lines += _metrics_section(metrics, summary)
     lines += _plots_section(eval_dir if metrics else None, base)
     lines += _calibration_section(meta, metrics, run_dir, eval_dir if metrics else None, base)
+    lines += _ood_section(metrics, eval_dir if metrics else None, base)
+    lines += _gallery_section(eval_dir if metrics else None, base)
+    lines += _robustness_section(eval_dir if metrics else None, base)
     lines += _worst_section(metrics, eval_dir, base)
     lines += _reproduce_section(run_dir, eval_dir if metrics else None, metrics)
     return "\n".join(lines).rstrip() + "\n"

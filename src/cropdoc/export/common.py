@@ -27,6 +27,7 @@ from ..data.split import SplitManifest
 from ..errors import CropdocError
 from ..inference import EXPORT_KEYS, Predictor, TorchRunner, collect_images
 from ..io import atomic_path, file_sha256
+from ..models import get_arch
 
 __all__ = [
     "DEFAULT_CALIBRATION_IMAGES",
@@ -45,6 +46,7 @@ __all__ = [
     "compare_logits",
     "default_images",
     "install_file",
+    "onnx_outputs",
     "preprocess_batches",
     "record_export",
     "reference_predictor",
@@ -145,7 +147,8 @@ def resolve_images(
 def reference_predictor(bundle_dir: Path) -> tuple[Predictor, torch.nn.Module]:
     """The PyTorch predictor (CPU, fp32) every export is compared with, and its model."""
     loaded = load_bundle(bundle_dir)
-    predictor = Predictor(loaded.meta, TorchRunner(loaded.model), bundle_dir=bundle_dir)
+    runner = TorchRunner(loaded.model, spec=get_arch(loaded.meta.arch))
+    predictor = Predictor(loaded.meta, runner, bundle_dir=bundle_dir)
     return predictor, loaded.model
 
 
@@ -227,6 +230,13 @@ def record_export(report: ExportReport, folder: Path, extra: dict[str, Any]) -> 
     exports[EXPORT_KEYS[report.format]] = record
     update_meta(folder, exports=exports)
     return record
+
+
+def onnx_outputs(path: Path) -> list[str]:
+    """The output names of an ONNX file, in order (recorded: loaders check for features)."""
+    import onnx
+
+    return [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
 
 
 def install_file(staged: Path, target: Path, folder: Path) -> None:

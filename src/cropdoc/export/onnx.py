@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from ..bundle import resolve_bundle_dir
-from ..inference import OnnxRunner, Predictor
+from ..inference import FEATURES_OUTPUT, OnnxRunner, Predictor
+from ..models import LogitsAndFeatures, get_arch
 from .common import (
     DEFAULT_MAX_IMAGES,
     DEFAULT_TOLERANCE,
@@ -33,6 +34,7 @@ from .common import (
     Verification,
     compare_logits,
     install_file,
+    onnx_outputs,
     preprocess_batches,
     record_export,
     reference_predictor,
@@ -46,7 +48,11 @@ _logger = logging.getLogger(__name__)
 
 
 def _torch_export(model: torch.nn.Module, size: int, target: Path) -> str:
-    """Export with the dynamo exporter, else the legacy one; return which one worked."""
+    """Export with the dynamo exporter, else the legacy one; return which one worked.
+
+    ``model`` returns ``(logits, features)``: the file's outputs are :data:`OUTPUT_NAME`
+    and :data:`FEATURES_OUTPUT` (the penultimate features feature-space OOD scores read).
+    """
     example = (torch.randn(2, 3, size, size),)
     try:
         with warnings.catch_warnings():
@@ -56,7 +62,7 @@ def _torch_export(model: torch.nn.Module, size: int, target: Path) -> str:
                 example,
                 str(target),
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=[OUTPUT_NAME, FEATURES_OUTPUT],
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
                 opset_version=OPSET,
                 dynamo=True,
@@ -73,8 +79,12 @@ def _torch_export(model: torch.nn.Module, size: int, target: Path) -> str:
             example,
             str(target),
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=[OUTPUT_NAME, FEATURES_OUTPUT],
+            dynamic_axes={
+                INPUT_NAME: {0: "batch"},
+                OUTPUT_NAME: {0: "batch"},
+                FEATURES_OUTPUT: {0: "batch"},
+            },
             opset_version=OPSET,
             dynamo=False,
         )
@@ -141,8 +151,9 @@ def export_onnx(
     batches, source = _verification_batches(reference, folder, data, max_images)
     with tempfile.TemporaryDirectory(prefix="cropdoc-export-") as tmp:
         staged = Path(tmp) / ONNX_FILE
+        both = LogitsAndFeatures(model, get_arch(meta.arch)).eval()
         try:
-            exporter = _torch_export(model, meta.preprocessing.image_size, staged)
+            exporter = _torch_export(both, meta.preprocessing.image_size, staged)
         except Exception as e:  # see _torch_export
             raise ExportError(
                 f"could not export {meta.arch} to ONNX: {e}; please report this"
@@ -173,5 +184,5 @@ def export_onnx(
         install_file(staged, target, folder)
     report = ExportReport("onnx", target, True, verification, force, exporter)
     report.size_bytes = target.stat().st_size
-    report.record = record_export(report, folder, {})
+    report.record = record_export(report, folder, {"outputs": onnx_outputs(target)})
     return report

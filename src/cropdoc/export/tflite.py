@@ -30,8 +30,9 @@ import torch
 from torch import nn
 
 from ..bundle import read_meta, resolve_bundle_dir, update_meta
-from ..inference import EXPORT_KEYS, LiteRtRunner, recorded_export
+from ..inference import EXPORT_KEYS, FEATURES_OUTPUT, LiteRtRunner, recorded_export
 from ..io import file_sha256
+from ..models import LogitsAndFeatures, get_arch
 from .common import (
     DEFAULT_CALIBRATION_IMAGES,
     DEFAULT_MAX_IMAGES,
@@ -59,14 +60,14 @@ _INSTALL = "pip install 'cropdoc[tflite]'"
 
 
 class _ChannelsLast(nn.Module):
-    """The logits of a ``(N, S, S, 3)`` batch, the layout of phone image buffers (the model
-    itself takes NCHW)."""
+    """``(logits, features)`` of a ``(N, S, S, 3)`` batch, the layout of phone image
+    buffers (the model itself takes NCHW)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.model(image.permute(0, 3, 1, 2))
 
 
@@ -80,17 +81,19 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def _convert(model: nn.Module, size: int, target: Path) -> None:
-    """PyTorch → ``.tflite`` with litert-torch: batch 1, channels-last input, the logits."""
+def _convert(model: nn.Module, arch: str, size: int, target: Path) -> None:
+    """PyTorch → ``.tflite`` with litert-torch: batch 1, channels-last input, outputs the
+    logits and the penultimate features (as the ONNX export: feature-space OOD scores)."""
     try:
         import litert_torch
     except ImportError as e:
         raise ExportError(f"TFLite export needs litert-torch: {_INSTALL}") from e
+    both = LogitsAndFeatures(model, get_arch(arch))
     example = (torch.zeros(1, size, size, 3),)
     shown = litert_torch.config.show_progress
     litert_torch.config.show_progress = False  # a library does not print; restored below
     try:
-        edge = litert_torch.convert(_ChannelsLast(model).eval(), example)
+        edge = litert_torch.convert(_ChannelsLast(both).eval(), example)
         edge.export(str(target))
     except Exception as e:  # the converter raises many unrelated types
         raise ExportError(f"litert-torch could not convert the model: {e}") from e
@@ -134,7 +137,7 @@ def _record(report: ExportReport, folder: Path, key: str) -> dict[str, Any]:
         "input": "(1, S, S, 3) float32 channels-last, normalised"
         if report.format == "tflite"
         else "(1, S, S, 3) int8 channels-last (scale and zero point in the file)",
-        "outputs": [OUTPUT_NAME],
+        "outputs": [OUTPUT_NAME, FEATURES_OUTPUT],
         "exporter": report.exporter,
         "size_bytes": report.size_bytes,
         "sha256": file_sha256(report.path),
@@ -176,7 +179,7 @@ def _export_fp32(
     batches, source = _fp32_batches(reference, folder, data, max_images)
     with tempfile.TemporaryDirectory(prefix="cropdoc-tflite-") as tmp:
         staged = Path(tmp) / TFLITE_FILE
-        _convert(model, reference.meta.preprocessing.image_size, staged)
+        _convert(model, reference.meta.arch, reference.meta.preprocessing.image_size, staged)
         n, max_diff, agreement = compare_logits(
             reference.logits, LiteRtRunner.from_file(staged), batches
         )

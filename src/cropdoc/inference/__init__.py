@@ -1,5 +1,5 @@
-"""Inference: the :class:`Predictor` over torch, onnxruntime or LiteRT runners, and
-micro-batching.
+"""Inference: the :class:`Predictor` over torch, onnxruntime or LiteRT runners,
+micro-batching, and explanations (Grad-CAM).
 
 Loading only loads: exporting is :mod:`cropdoc.export`'s job, which imports this package
 and never the other way round.
@@ -13,6 +13,9 @@ from .artifacts import EXPORT_KEYS as EXPORT_KEYS
 from .artifacts import export_command as export_command
 from .artifacts import recorded_export as recorded_export
 from .errors import InferenceError as InferenceError
+from .explain import Explainer as Explainer
+from .explain import Explanation as Explanation
+from .explain import load_explainer as load_explainer
 from .litert import LiteRtRunner as LiteRtRunner
 from .predictor import BACKENDS as BACKENDS
 from .predictor import DEFAULT_BATCH_SIZE as DEFAULT_BATCH_SIZE
@@ -35,6 +38,8 @@ __all__ = [
     "EXPORT_KEYS",
     "FEATURES_OUTPUT",
     "ClassScore",
+    "Explainer",
+    "Explanation",
     "ImageSource",
     "InferenceError",
     "LiteRtRunner",
@@ -46,6 +51,7 @@ __all__ = [
     "TorchRunner",
     "collect_images",
     "export_command",
+    "load_explainer",
     "load_predictor",
     "onnx_session",
     "recorded_export",

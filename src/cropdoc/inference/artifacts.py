@@ -2,8 +2,9 @@
 
 Loading and exporting both need this answer, and inference must not import the export
 package, so the lookup lives here and ``cropdoc.export`` imports it. A recorded file is
-used only when it is inside the bundle, exists and was made from the bundle's current
-weights; anything else counts as missing, so a stale file is never served.
+used only when it is inside the bundle, exists, was made from the bundle's current
+weights and has the outputs its OOD score reads; anything else counts as missing, so a
+stale file is never served.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import os
 from pathlib import Path
 
 from ..bundle import read_meta, resolve_bundle_dir
+from ..ood import needs_features
 from .errors import InferenceError
+from .runners import FEATURES_OUTPUT
 
 __all__ = ["EXPORT_KEYS", "export_command", "recorded_export"]
 
@@ -64,4 +67,14 @@ def recorded_export(bundle: str | os.PathLike[str], key: str = "onnx") -> Path |
     if record.get("weights_sha256") != meta.weights_sha256:
         _logger.warning("%s export %s was made from other weights; ignoring it", key, path)
         return None
+    if meta.ood is not None and needs_features(meta.ood.kind):
+        if FEATURES_OUTPUT not in record.get("outputs", []):
+            _logger.warning(
+                "%s export %s has no %r output for the %s OOD score; ignoring it",
+                key,
+                path,
+                FEATURES_OUTPUT,
+                meta.ood.kind,
+            )
+            return None
     return path

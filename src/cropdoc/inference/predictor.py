@@ -34,6 +34,8 @@ from ..classnames import class_label
 from ..cpu import torch_threads
 from ..data.images import DEFAULT_MAX_PIXELS, BadImageError, load_tensor
 from ..data.transforms import build_eval_transform
+from ..models import get_arch
+from ..ood import FALLBACK_KIND, bundle_scores, needs_features
 from ..probabilities import softmax
 from .artifacts import EXPORT_KEYS, export_command, recorded_export
 from .errors import InferenceError
@@ -83,11 +85,19 @@ class ClassScore:
 
 @dataclass
 class Prediction:
-    """The result for one image: top-k classes best first, or an error message."""
+    """The result for one image: top-k classes best first, or an error message.
+
+    ``ood_score`` is higher for images unlike the training data (``cropdoc.ood``);
+    ``abstain`` is True when it passes the bundle's threshold: the photo is not one of the
+    crops/diseases the model knows, or not a clear leaf photo, and ``top`` should not be
+    acted on. A bundle without a fitted score reports ``1 - p_max`` and never abstains.
+    """
 
     source: str
     top: list[ClassScore] = field(default_factory=list)
     error: str | None = None
+    ood_score: float | None = None
+    abstain: bool = False
 
     @property
     def ok(self) -> bool:
@@ -106,6 +116,8 @@ class Prediction:
             "label": best.label if best else None,
             "probability": best.probability if best else None,
             "top_k": [s.to_dict() for s in self.top],
+            "ood_score": self.ood_score,
+            "abstain": self.abstain,
             "error": self.error,
         }
 
@@ -144,6 +156,12 @@ class Predictor:
         self._runner = runner
         self._transform = build_eval_transform(meta.preprocessing)
         self._labels = [class_label(c) for c in meta.classes]
+        self.ood_kind = meta.ood.kind if meta.ood is not None else FALLBACK_KIND
+        if needs_features(self.ood_kind) and not getattr(runner, "has_features", True):
+            raise InferenceError(
+                f"the {runner.name} model file has no 'features' output, which the bundle's "
+                f"{self.ood_kind} OOD score needs; re-export it with `cropdoc export`"
+            )
 
     @property
     def backend(self) -> str:
@@ -179,9 +197,39 @@ class Predictor:
         array = batch.numpy() if isinstance(batch, torch.Tensor) else batch
         return self._runner(np.ascontiguousarray(array, dtype=np.float32))
 
+    def outputs(self, batch: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Logits ``(N, C)`` and, when the runner gives them, penultimate features ``(N, D)``."""
+        array = batch.numpy() if isinstance(batch, torch.Tensor) else batch
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        run = getattr(self._runner, "run", None)
+        return run(array) if run is not None else (self._runner(array), None)
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax of ``logits / temperature``."""
         return softmax(logits, self.meta.temperature)
+
+    def ood_scores(
+        self, logits: np.ndarray, features: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The bundle's OOD score per row and whether it abstains (``cropdoc.ood``)."""
+        return bundle_scores(
+            self.meta.ood, logits, temperature=self.meta.temperature, features=features
+        )
+
+    def _fill(
+        self,
+        results: list[Prediction],
+        indices: Sequence[int],
+        outputs: tuple[np.ndarray, np.ndarray | None],
+        top_k: int,
+    ) -> None:
+        """Top-k, OOD score and abstain decision of ``results[indices]`` from one batch."""
+        logits, features = outputs
+        scores, abstain = self.ood_scores(logits, features)
+        for i, row, score, no in zip(indices, logits, scores, abstain, strict=True):
+            results[i].top = self._top(row, top_k)
+            results[i].ood_score = float(score)
+            results[i].abstain = bool(no)
 
     def predict(
         self,
@@ -213,9 +261,7 @@ class Predictor:
             chunk = range(start, min(start + batch_size, total))
             batch, good = self._preprocess_many(sources, chunk, results)
             if batch is not None:
-                logits = self.logits(batch)
-                for i, row in zip(good, logits, strict=True):
-                    results[i].top = self._top(row, top_k)
+                self._fill(results, good, self.outputs(batch), top_k)
             if progress is not None:
                 progress(chunk.stop, total)
         return results
@@ -270,12 +316,12 @@ def _empty_results(
 
 
 class _Job:
-    __slots__ = ("batch", "done", "error", "logits")
+    __slots__ = ("batch", "done", "error", "outputs")
 
     def __init__(self, batch: torch.Tensor) -> None:
         self.batch = batch
         self.done = threading.Event()
-        self.logits: np.ndarray | None = None
+        self.outputs: tuple[np.ndarray, np.ndarray | None] | None = None
         self.error: BaseException | None = None
 
 
@@ -346,9 +392,8 @@ class MicroBatcher:
         job.done.wait()
         if job.error is not None:
             raise job.error
-        assert job.logits is not None
-        for i, row in zip(good, job.logits, strict=True):
-            results[i].top = self.predictor._top(row, top_k)
+        assert job.outputs is not None
+        self.predictor._fill(results, good, job.outputs, top_k)
         return results
 
     def _loop(self) -> None:
@@ -383,7 +428,7 @@ class MicroBatcher:
     def _run(self, jobs: list[_Job]) -> None:
         try:
             batch = jobs[0].batch if len(jobs) == 1 else torch.cat([j.batch for j in jobs])
-            logits = self.predictor.logits(batch)
+            logits, features = self.predictor.outputs(batch)
         except BaseException as e:  # noqa: BLE001 - handed to every waiting caller
             for job in jobs:
                 job.error = e
@@ -391,8 +436,9 @@ class MicroBatcher:
             return
         start = 0
         for job in jobs:
-            job.logits = logits[start : start + len(job.batch)]
-            start += len(job.batch)
+            end = start + len(job.batch)
+            job.outputs = (logits[start:end], None if features is None else features[start:end])
+            start = end
             job.done.set()
 
 
@@ -440,7 +486,8 @@ def load_predictor(
     backend = _resolve_backend(folder, backend, device, explicit_file=onnx_path is not None)
     if backend == "torch":
         loaded = load_bundle(folder)
-        runner = TorchRunner(loaded.model, device=device, threads=threads)
+        spec = get_arch(loaded.meta.arch)
+        runner = TorchRunner(loaded.model, device=device, threads=threads, spec=spec)
         return Predictor(
             loaded.meta,
             runner,

@@ -19,10 +19,13 @@ import numpy as np
 import torch
 
 from ..cpu import torch_threads
+from ..models import LogitsAndFeatures
 from .errors import InferenceError
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from ..models import ArchSpec
 
 __all__ = [
     "FEATURES_OUTPUT",
@@ -40,6 +43,9 @@ FEATURES_OUTPUT = "features"
 class Runner(Protocol):
     """Computes logits ``(N, C)`` float32 for a normalised float32 batch ``(N, 3, S, S)``.
 
+    ``run`` also returns the penultimate head features ``(N, D)`` the feature-space OOD
+    score reads, or None when the runner has none (a model file exported without them).
+
     Attributes:
         name: the backend's name (``"torch"``, ``"onnx"``, ``"onnx-int8"``).
     """
@@ -47,6 +53,8 @@ class Runner(Protocol):
     name: str
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]: ...
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -82,21 +90,39 @@ class TorchRunner:
         model: the classifier; put in eval mode and moved to ``device``.
         device: where to compute (``"auto"`` picks CUDA, then MPS, then CPU).
         threads: intra-op threads while computing (None: the caller's setting).
+        spec: the model's architecture spec; with it, :meth:`run` returns the penultimate
+            features too (from the same forward pass).
     """
 
     name = "torch"
 
     def __init__(
-        self, model: nn.Module, *, device: str | torch.device = "cpu", threads: int | None = None
+        self,
+        model: nn.Module,
+        *,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        spec: ArchSpec | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         self.threads = threads
+        self._both = LogitsAndFeatures(self.model, spec).eval() if spec is not None else None
+
+    @property
+    def has_features(self) -> bool:
+        return self._both is not None
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.run(batch)[0]
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with torch_threads(self.threads), torch.inference_mode():
-            logits = self.model(torch.from_numpy(batch).to(self.device))
-            return logits.float().cpu().numpy()
+            x = torch.from_numpy(batch).to(self.device)
+            if self._both is None:
+                return self.model(x).float().cpu().numpy(), None
+            logits, features = self._both(x)
+            return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
 
 class OnnxRunner:
@@ -112,6 +138,10 @@ class OnnxRunner:
         self.session = session
         self.name = name
         self.input_name = session.get_inputs()[0].name
+        outputs = [o.name for o in session.get_outputs()]
+        # Exports since the OOD score carry the penultimate features as a second output.
+        self.has_features = FEATURES_OUTPUT in outputs
+        self._outputs = [outputs[0], *([FEATURES_OUTPUT] if self.has_features else [])]
 
     @classmethod
     def from_file(
@@ -121,7 +151,13 @@ class OnnxRunner:
         return cls(onnx_session(path, threads), name)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: batch})[0], dtype=np.float32)
+        out = self.session.run(self._outputs[:1], {self.input_name: batch})
+        return np.asarray(out[0], dtype=np.float32)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(self._outputs, {self.input_name: batch})
+        features = np.asarray(out[1], dtype=np.float32) if self.has_features else None
+        return np.asarray(out[0], dtype=np.float32), features
 
 
 def onnx_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:

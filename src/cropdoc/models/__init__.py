@@ -11,7 +11,11 @@ available as ``timm/<name>``, its spec derived on first use.
 
 from __future__ import annotations
 
+from .cam import CamTarget as CamTarget
+from .cam import cam_target as cam_target
 from .factory import build as build
+from .features import LogitsAndFeatures as LogitsAndFeatures
+from .features import split_head as split_head
 from .freeze import BatchNormPolicy as BatchNormPolicy
 from .freeze import FreezePolicy as FreezePolicy
 from .freeze import apply_policy as apply_policy
@@ -35,12 +39,15 @@ from .weights import load_pretrained as load_pretrained
 __all__ = [
     "ArchSpec",
     "BatchNormPolicy",
+    "CamTarget",
     "FreezePolicy",
+    "LogitsAndFeatures",
     "TimmClassifier",
     "TimmSource",
     "apply_policy",
     "build",
     "build_head",
+    "cam_target",
     "freeze_backbone",
     "full_unfreeze",
     "get_arch",
@@ -52,5 +59,6 @@ __all__ = [
     "partial_unfreeze",
     "register_arch",
     "set_train_mode",
+    "split_head",
     "trainable_names",
 ]

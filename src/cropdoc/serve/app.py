@@ -14,13 +14,15 @@ start, is :mod:`cropdoc.serve.workers`'s business.
 
 from __future__ import annotations
 
+import base64
 import logging
+import threading
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, File, Request, UploadFile
+from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi_offline import FastAPIOffline
@@ -37,6 +39,7 @@ from ..version import __version__
 
 __all__ = [
     "DEFAULT_LOW_CONFIDENCE",
+    "NOT_RECOGNISED",
     "ServeSettings",
     "create_app",
 ]
@@ -48,6 +51,13 @@ _MB = 1 << 20
 _RETAKE = (
     "The model is not sure about this photo. Retake it: one leaf filling the frame, "
     "in focus, in daylight without harsh glare or shadows, on a plain background."
+)
+#: What an abstaining result says instead of a diagnosis (and no treatment steps).
+NOT_RECOGNISED = (
+    "Not recognised: this is not one of the crops/diseases this model knows, or not a "
+    "clear leaf photo. No diagnosis is given. Photograph one leaf filling the frame, in "
+    "focus and in daylight; if it is a crop or disease the model was not trained on, ask a "
+    "local extension officer or plant clinic."
 )
 
 # One-line summary above the detailed steps, by severity.
@@ -106,6 +116,16 @@ class ServeSettings:
 # --------------------------------------------------------------------------- schemas
 
 
+class ExplanationOut(BaseModel):
+    """A Grad-CAM overlay: where the model looked for the predicted class."""
+
+    png_base64: str
+    class_: str = Field(alias="class", serialization_alias="class")
+    label: str
+    layer: str
+    method: str
+
+
 class TopClass(BaseModel):
     class_: str = Field(alias="class", serialization_alias="class")
     label: str
@@ -125,7 +145,10 @@ class ImageResult(BaseModel):
     symptoms: str | None = None
     treatment: list[str] = []
     low_confidence: bool = False
+    ood_score: float | None = None
+    abstain: bool = False
     advice: str | None = None
+    explanation: ExplanationOut | None = None
     error: str | None = None
     status: int = 200
 
@@ -237,6 +260,17 @@ def _result(pred: Prediction, settings: ServeSettings) -> ImageResult:
         TopClass(**{"class": s.name, "label": s.label, "probability": s.probability})
         for s in pred.top
     ]
+    if pred.abstain:  # no crop, disease or treatment: they would be a guess
+        return ImageResult(
+            filename=pred.source,
+            ok=True,
+            prediction=top[0],
+            top_k=top,
+            low_confidence=low,
+            ood_score=pred.ood_score,
+            abstain=True,
+            advice=NOT_RECOGNISED,
+        )
     if low:
         advice = _RETAKE
     else:
@@ -254,8 +288,49 @@ def _result(pred: Prediction, settings: ServeSettings) -> ImageResult:
         symptoms=info.symptoms or None,
         treatment=info.management,
         low_confidence=low,
+        ood_score=pred.ood_score,
+        abstain=False,
         advice=advice,
     )
+
+
+class _LazyExplainer:
+    """The bundle's Grad-CAM explainer, loaded on the first ``?explain=true`` (it needs the
+    PyTorch weights, which an ONNX server otherwise never loads)."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+        self._explainer: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        from ..inference import load_explainer
+
+        with self._lock:
+            if self._explainer is None:
+                if self.predictor.bundle_dir is None:
+                    raise ConfigError("explanations need the bundle folder of the served model")
+                self._explainer = load_explainer(
+                    self.predictor.bundle_dir, max_pixels=self.predictor.max_pixels
+                )
+        return self._explainer
+
+    def add(self, results: list[ImageResult], payloads: dict[int, bytes]) -> None:
+        """Attach an overlay to each good result (the class it predicted)."""
+        explainer = self._get()
+        for i, payload in payloads.items():
+            r = results[i]
+            if not r.ok or r.prediction is None:
+                continue
+            index = explainer.meta.classes.index(r.prediction.class_)
+            e = explainer.explain(payload, class_index=index)
+            r.explanation = ExplanationOut(
+                png_base64=base64.b64encode(e.png()).decode("ascii"),
+                **{"class": r.prediction.class_},
+                label=e.label,
+                layer=e.layer,
+                method=explainer.method,
+            )
 
 
 @cache
@@ -302,7 +377,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
 
     _add_error_handlers(app)
     _add_info_routes(app, predictor, settings, model_summary)
-    _add_predict_route(app, batcher, settings, model_summary)
+    _add_predict_route(app, batcher, settings, model_summary, _LazyExplainer(predictor))
     return app
 
 
@@ -364,13 +439,22 @@ def _add_info_routes(
             "versions": {**meta.versions, "cropdoc_server": __version__},
             "created": meta.created,
             "low_confidence_threshold": settings.low_confidence,
+            "ood": (
+                {k: v for k, v in meta.ood.model_dump().items() if k != "params"}
+                if meta.ood is not None
+                else None
+            ),
             "max_upload_mb": settings.max_upload_mb,
             "max_files": settings.max_files,
         }
 
 
 def _add_predict_route(
-    app: FastAPI, batcher: MicroBatcher, settings: ServeSettings, model_summary: dict[str, Any]
+    app: FastAPI,
+    batcher: MicroBatcher,
+    settings: ServeSettings,
+    model_summary: dict[str, Any],
+    explainer: _LazyExplainer,
 ) -> None:
     """``POST /predict``: photos in, diagnoses out, through the micro-batcher."""
 
@@ -386,11 +470,17 @@ def _add_predict_route(
     )
     async def predict(
         files: list[UploadFile] = File(..., description="One or more leaf photos (JPEG, PNG…)."),
+        explain: bool = Query(
+            False, description="Add a Grad-CAM overlay (PNG, base64) of where the model looked."
+        ),
     ) -> JSONResponse:
         """Diagnose one or more leaf photos: top-k classes, disease information, advice.
 
-        A request where every image is bad is answered with the first image's 4xx; when
-        some images are good, bad ones appear as results with ``ok: false``.
+        Each result has ``ood_score`` and ``abstain``: when abstaining, the photo is not one
+        of the crops/diseases the model knows (or not a clear leaf photo), and no disease
+        or treatment is given. A request where every image is bad is answered with the
+        first image's 4xx; when some images are good, bad ones appear as results with
+        ``ok: false``.
         """
         if len(files) > settings.max_files:
             return _error(
@@ -423,5 +513,7 @@ def _add_predict_route(
             first = results[0]
             status, code = _error_status(first.error or "")
             return _error(status, code, f"{first.filename}: {first.error}", results)
+        if explain:
+            await run_in_threadpool(explainer.add, results, {i: payloads[i] for i in todo})
         body = PredictResponse(results=results, model=model_summary)
         return JSONResponse(body.model_dump(by_alias=True))

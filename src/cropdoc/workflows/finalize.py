@@ -1,5 +1,6 @@
 """What a finished training run gets before it is handed to the user: a fitted
-temperature, a full evaluation on its test split, and ``report.md``."""
+temperature, an out-of-distribution score and threshold, a full evaluation on its test
+split, and ``report.md``."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 from pathlib import Path
 
 from ..data.split import SplitManifest
+from ..errors import DataError
 from ..evaluation import (
     CalibrationResult,
     EvaluationResult,
     calibrate_run,
     evaluate_bundle,
+    fit_run_ood,
     write_run_report,
 )
 
@@ -29,11 +32,12 @@ def finalize_run(
     workers: int | None = 0,
     device: str | None = None,
 ) -> tuple[CalibrationResult, EvaluationResult | None, Path]:
-    """Calibrate a run on its val split, evaluate it on its test split into ``RUN/eval``,
-    and write ``RUN/report.md``.
+    """Calibrate a run on its val split, fit its OOD score, evaluate it on its test split
+    into ``RUN/eval``, and write ``RUN/report.md``.
 
-    Call it once, on global rank zero, after ``summary.json`` is written. The evaluation
-    uses the temperature just fitted, so ``RUN/eval`` shows calibrated confidence.
+    Call it once, on global rank zero, after ``summary.json`` is written. The OOD score is
+    fitted after the temperature (its ``msp`` kind reads calibrated probabilities) and the
+    evaluation uses both, so ``RUN/eval`` shows calibrated confidence and abstain rates.
 
     Args:
         run_dir: the finished run directory.
@@ -49,6 +53,10 @@ def finalize_run(
     run = Path(run_dir)
     root = Path(data) if data is not None else SplitManifest.load(run / "split.json").root
     calibration = calibrate_run(run, data=root, workers=workers or 0, device=device)
+    try:
+        fit_run_ood(run, data=root, workers=workers or 0, device=device)
+    except DataError as e:  # the model is still usable, it just never abstains
+        _logger.warning("no OOD score fitted (%s); predictions will not abstain", e)
     evaluation = None
     if evaluate:
         evaluation = evaluate_bundle(
