@@ -1,7 +1,7 @@
 """Deployment formats: size and batch-1 latency of ONNX / TFLite, fp32 / INT8, and the page.
 
-Issue 15. For each bundle (the trained ``runs/mini`` bundle when present, for meaningful
-INT8 agreement; else random-init bundles, which only measure size and speed) the four
+Issue 15. For each bundle (trained bundles given with ``--bundle``, for meaningful INT8
+agreement, and random-init bundles of ``--archs``, which only measure size and speed) the four
 files are exported the way ``cropdoc export`` makes them (INT8 calibrated on the benchmark
 photos, ``force`` so a random-init model still gets a file to time), then torch eager and
 the four runners are timed interleaved on the same preprocessed image: batch-1 p50 over
@@ -9,7 +9,7 @@ the four runners are timed interleaved on the same preprocessed image: batch-1 p
 inference time (onnxruntime-web, WebAssembly, one thread as on a plain static server) is
 measured in Chromium on real photos, for the fp32 and INT8 ONNX files.
 
-    python -m benchmarks.deploy_formats --quick [--browser]
+    python -m benchmarks.deploy_formats --quick [--browser] [--bundle RUN/model]
 
 TFLite needs ``pip install 'cropdoc[tflite]'``; the page needs Chromium, Playwright and
 onnxruntime-web (npm or the cache). A missing piece is reported in the row, not fatal.
@@ -39,7 +39,6 @@ from cropdoc.preprocessing import Preprocessing
 
 from .common import DATA, emit, machine, median, samples
 
-REAL_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "mini" / "model"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 
 
@@ -63,15 +62,20 @@ def _time(fn, batch: np.ndarray, reps: int) -> list[float]:
     return out
 
 
-def _exports(folder: Path, calib: list[Path]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every format's report (or why it is missing), and the runners to time."""
+def _exports(folder: Path, calib: list[Path] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every format's report (or why it is missing), and the runners to time.
+
+    ``calib`` None: a trained bundle, verified and calibrated on its run's own split, as
+    ``cropdoc export`` does it.
+    """
     reports: dict[str, Any] = {}
+    verify = calib[:64] if calib else None
     # Exporters and quantizers print progress on stdout; keep stdout for our JSON.
     with contextlib.redirect_stdout(sys.stderr):
-        reports["onnx"] = export_onnx(folder, data=calib[:64])
+        reports["onnx"] = export_onnx(folder, data=verify)
         reports["onnx-int8"] = export_int8(folder, calibration=calib, force=True)
         try:
-            reports["tflite"] = export_tflite(folder, data=calib[:64])
+            reports["tflite"] = export_tflite(folder, data=verify)
             reports["tflite-int8"] = export_tflite(folder, int8=True, data=calib, force=True)
         except CropdocError as e:
             reports["tflite"] = reports["tflite-int8"] = str(e)
@@ -97,13 +101,15 @@ def _figures(report: Any) -> dict[str, Any]:
     }
 
 
-def bench_bundle(folder: Path, label: str, reps: int, calib: list[Path]) -> dict[str, Any]:
+def bench_bundle(
+    folder: Path, label: str, reps: int, calib: list[Path] | None, photo: Path
+) -> dict[str, Any]:
     loaded = load_bundle(folder)
     torch_runner = TorchRunner(loaded.model)  # eager fp32, NCHW: the reference
     predictor = Predictor(loaded.meta, torch_runner)
     reports, runners = _exports(folder, calib)
     runners = {"torch": torch_runner, **runners}
-    x1 = predictor.preprocess(calib[0])[None].numpy()
+    x1 = predictor.preprocess(photo)[None].numpy()
     lat: dict[str, list[float]] = {k: [] for k in runners}
     rounds = 3
     for _ in range(rounds):  # interleaved rounds: load changes hit every backend alike
@@ -173,6 +179,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--browser", action="store_true", help="also time the web page in Chromium")
+    p.add_argument(
+        "--bundle",
+        action="append",
+        default=[],
+        type=Path,
+        help="a trained bundle to measure too (repeatable; it is copied, never changed)",
+    )
     args = p.parse_args(argv)
     reps = args.reps or (9 if args.quick else 30)
     photos = [path for path, _ in samples()]
@@ -180,14 +193,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="cropdoc-bench-deploy-") as tmp:
         bundles = []
-        if REAL_BUNDLE.is_dir():
-            real = Path(shutil.copytree(REAL_BUNDLE, Path(tmp) / "mini"))
-            bundles.append((real, "runs/mini (trained)", photos))
-        for arch in args.archs.split(","):
+        for i, given in enumerate(args.bundle):
+            # The run folder is copied with the bundle: its val split verifies the exports.
+            run = Path(shutil.copytree(given.resolve().parent, Path(tmp) / f"run{i}"))
+            bundles.append((run / given.name, f"{given} (trained)", None))
+        for arch in filter(None, args.archs.split(",")):
             folder = _make_bundle(arch, Path(tmp) / arch, args.image_size)
             bundles.append((folder, f"{arch} random init", calib))
         for folder, label, images in bundles:
-            row = bench_bundle(folder, label, reps, images)
+            row = bench_bundle(folder, label, reps, images, photos[0])
             if args.browser:
                 page_photos = photos[:: max(1, len(photos) // (8 if args.quick else 32))]
                 row["page"] = bench_page(folder, page_photos, Path(tmp) / f"web-{folder.name}")

@@ -40,6 +40,7 @@ LAYERS = {
     "models": FOUNDATION,
     "bundle": FOUNDATION,
     "config": FOUNDATION,
+    "advice": FOUNDATION,
     "classnames": FOUNDATION,
     "diseases": FOUNDATION,
     "resources": FOUNDATION,
@@ -59,7 +60,14 @@ FORBIDDEN = {
     "inference": {"export", "serve"},
 }
 #: Modules that serving code, the web export and ``cropdoc --help`` read cheaply.
-LIGHT = ["cropdoc.classnames", "cropdoc.diseases", "cropdoc.preprocessing", "cropdoc.resources"]
+LIGHT = [
+    "cropdoc.advice",
+    "cropdoc.classnames",
+    "cropdoc.diseases",
+    "cropdoc.preprocessing",
+    "cropdoc.resources",
+    "cropdoc.resources.page",
+]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ a time; the batch axis cannot be made dynamic for every architecture).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import tempfile
@@ -84,6 +86,8 @@ def _versions() -> dict[str, str]:
 def _convert(model: nn.Module, arch: str, size: int, target: Path) -> None:
     """PyTorch → ``.tflite`` with litert-torch: batch 1, channels-last input, outputs the
     logits and the penultimate features (as the ONNX export: feature-space OOD scores)."""
+    # TensorFlow Lite's C++ start-up notes (oneDNN, XNNPACK) are not for our users.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import litert_torch
     except ImportError as e:
@@ -92,6 +96,10 @@ def _convert(model: nn.Module, arch: str, size: int, target: Path) -> None:
     example = (torch.zeros(1, size, size, 3),)
     shown = litert_torch.config.show_progress
     litert_torch.config.show_progress = False  # a library does not print; restored below
+    root = logging.getLogger()
+    level = root.level
+    # The converter logs every lowered op on the root logger at INFO; hide that while it runs.
+    root.setLevel(max(level, logging.WARNING))
     try:
         edge = litert_torch.convert(_ChannelsLast(both).eval(), example)
         edge.export(str(target))
@@ -99,6 +107,7 @@ def _convert(model: nn.Module, arch: str, size: int, target: Path) -> None:
         raise ExportError(f"litert-torch could not convert the model: {e}") from e
     finally:
         litert_torch.config.show_progress = shown
+        root.setLevel(level)
 
 
 def _quantize(fp32: Path, target: Path, calibration: list[np.ndarray]) -> None:
@@ -117,9 +126,11 @@ def _quantize(fp32: Path, target: Path, calibration: list[np.ndarray]) -> None:
         for image in batch
     ]
     try:
-        with warnings.catch_warnings():
-            # The calibrator keeps every intermediate tensor on purpose, and says so.
+        # The calibrator draws a progress bar on stderr that cannot be turned off, and keeps
+        # every intermediate tensor on purpose, saying so: neither is for our users.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.filterwarnings("ignore", "Warning: Enabling `experimental_preserve_all")
+            warnings.filterwarnings("ignore", "invalid value encountered in cast")
             qt = quantizer.Quantizer(str(fp32), recipe.static_wi8_ai8())
             result = qt.calibrate({key: samples})
             quantized = qt.quantize(result, enable_progress_bar=False, enable_progress_report=False)

@@ -3,10 +3,11 @@
 Farmers are often out of reach of a server, so the page runs the model itself with
 onnxruntime-web and keeps working with no network after the first visit (a service
 worker caches every file; a web app manifest lets a phone install it). Everything is in
-the folder, nothing comes from a CDN: ``index.html`` with ``cropdoc serve``'s result
-card, the ONNX model (INT8 when it passed its agreement check, else fp32), ``config.json``
-(classes, preprocessing, temperature, OOD score and threshold, disease table), the
-JavaScript that preprocesses exactly as Python does, and onnxruntime-web's files
+the folder, nothing comes from a CDN: ``index.html`` (``cropdoc serve``'s page and result
+card, from :mod:`cropdoc.resources.page`), the ONNX model (INT8 when it passed its
+agreement check, else fp32), ``config.json`` (classes, preprocessing, temperature, OOD
+score and threshold, disease table, serve's advice texts), the JavaScript that
+preprocesses exactly as Python does, and onnxruntime-web's files
 (:mod:`cropdoc.export.ort_web`: fetched with npm, hash-checked, cached).
 
 A service worker needs a secure origin: host the folder over https, or open it on
@@ -30,11 +31,14 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from ..advice import advice_table
 from ..bundle import BundleMeta, read_meta, resolve_bundle_dir, update_meta
 from ..classnames import class_label
+from ..data.images import DEFAULT_MAX_PIXELS
 from ..diseases import DiseaseInfo, disease_info
 from ..inference import EXPORT_KEYS, FEATURES_OUTPUT, recorded_export
 from ..ood import needs_features
+from ..resources.page import leaf_page
 from ..version import __version__
 from .common import INPUT_NAME, OUTPUT_NAME, ExportError, bundle_relative
 from .int8 import export_int8
@@ -49,7 +53,19 @@ _logger = logging.getLogger(__name__)
 DEFAULT_LOW_CONFIDENCE = 0.7
 #: OOD scores the page computes from the model's outputs (``app.js``: ``oodScore``).
 WEB_OOD_KINDS = ("msp", "energy", "mahalanobis")
-_ASSETS = ("index.html", "app.js", "preprocess.js", "scores.js")
+_ASSETS = ("app.js", "preprocess.js", "scores.js")
+_HEAD = """<meta name="theme-color" content="#1b5e20">
+<link rel="manifest" href="manifest.webmanifest">
+<link rel="icon" type="image/png" sizes="192x192" href="icon-192.png">
+<link rel="apple-touch-icon" href="icon-192.png">"""
+_FOOTER = """<span id="model-info">Loading the model…</span>
+<span id="offline-status"></span><br>
+Runs on this device: photos never leave it. Advice is general guidance. Check with a local
+agricultural extension service and follow product labels before treating."""
+_SCRIPTS = "\n".join(
+    f'<script src="{name}"></script>'
+    for name in ("ort/ort.wasm.min.js", "preprocess.js", "scores.js", "app.js")
+)
 _CONFIG = "config.json"
 _GENERATOR = "cropdoc web export"
 
@@ -143,6 +159,8 @@ def _page_config(
         "low_confidence": low_confidence,
         "top_k": top_k,
         "diseases": {c: info(c).to_dict() for c in meta.classes},
+        "advice": advice_table(),
+        "max_pixels": DEFAULT_MAX_PIXELS,
         "metrics": {"test": meta.metrics.get("test", {})},
         "model": {
             "file": model_file,
@@ -206,6 +224,14 @@ def _write_folder(
     assets = resources.files(__package__).joinpath("web_assets")
     for name in _ASSETS:
         (staged / name).write_bytes(assets.joinpath(name).read_bytes())
+    page = leaf_page(
+        subtitle="Photograph a leaf to identify the disease and what to do about it. "
+        "Works offline.",
+        footer=_FOOTER,
+        scripts=_SCRIPTS,
+        head=_HEAD,
+    )
+    (staged / "index.html").write_text(page, encoding="utf-8")
     (staged / "ort").mkdir()
     for name, path in ort.items():
         shutil.copyfile(path, staged / "ort" / Path(name).name)

@@ -57,5 +57,5 @@ def build(arch: str, *, classes: int, weights: str | Path | None = "imagenet") -
     # ours (loaded when it fits, skipped when it is an ImageNet 1000-class head).
     setattr(model, spec.head_attr, build_head(spec.feature_width, classes, spec.activation))
     load_pretrained(model, spec, weights)
-    logger.info("Built %s with %d classes (weights: %s).", spec.name, classes, weights)
+    logger.debug("Built %s with %d classes (weights: %s).", spec.name, classes, weights)
     return model

@@ -80,7 +80,7 @@ def load_pretrained(
         WeightsError: The weights cannot be fetched, read or matched to ``spec``.
     """
     if weights is None or (isinstance(weights, str) and weights.strip().lower() == NONE):
-        logger.info("No pretrained weights for %s: random initialisation.", spec.name)
+        logger.debug("No pretrained weights for %s: random initialisation.", spec.name)
         return
     if isinstance(weights, str) and weights.strip().lower() == IMAGENET:
         if spec.timm is not None and spec.timm.hf_hub_id:

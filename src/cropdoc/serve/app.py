@@ -31,10 +31,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..advice import NOT_RECOGNISED, advice_for
 from ..classnames import class_label
 from ..diseases import disease_info
 from ..errors import ConfigError
 from ..inference import DEFAULT_BATCH_SIZE, MicroBatcher, Prediction, Predictor
+from ..resources.page import leaf_page
 from ..version import __version__
 
 __all__ = [
@@ -48,28 +50,6 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_LOW_CONFIDENCE = 0.7
 _MB = 1 << 20
-_RETAKE = (
-    "The model is not sure about this photo. Retake it: one leaf filling the frame, "
-    "in focus, in daylight without harsh glare or shadows, on a plain background."
-)
-#: What an abstaining result says instead of a diagnosis (and no treatment steps).
-NOT_RECOGNISED = (
-    "Not recognised: this is not one of the crops/diseases this model knows, or not a "
-    "clear leaf photo. No diagnosis is given. Photograph one leaf filling the frame, in "
-    "focus and in daylight; if it is a crop or disease the model was not trained on, ask a "
-    "local extension officer or plant clinic."
-)
-
-# One-line summary above the detailed steps, by severity.
-_ADVICE = {
-    "healthy": "No disease found on this leaf. Keep checking your plants every week.",
-    "high": "High risk: this disease can spread through a field within days. "
-    "Start with the first step below today.",
-    "moderate": "Moderate risk: act early, before it spreads to healthy leaves.",
-    "unknown": "Ask a local extension officer or plant clinic to confirm before treating.",
-}
-
-
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits and thresholds of a server.
@@ -271,10 +251,9 @@ def _result(pred: Prediction, settings: ServeSettings) -> ImageResult:
             abstain=True,
             advice=NOT_RECOGNISED,
         )
-    if low:
-        advice = _RETAKE
-    else:
-        advice = _ADVICE.get("healthy" if info.healthy else info.severity, _ADVICE["unknown"])
+    advice = advice_for(
+        healthy=info.healthy, severity=info.severity, low_confidence=low, abstain=False
+    )
     return ImageResult(
         filename=pred.source,
         ok=True,
@@ -333,9 +312,30 @@ class _LazyExplainer:
             )
 
 
+# The leaf of the page's header, as the tab's icon (inline: the page is one request).
+_ICON = (
+    '<link rel="icon" href="data:image/svg+xml,%3Csvg xmlns=\'http://www.w3.org/2000/svg\' '
+    "viewBox='0 0 24 24'%3E%3Cpath fill='%232e7d32' d='M17 8C8 10 5.9 16.2 3.8 21.3l1.9.7 "
+    "1-2.3c.5.2 1 .3 1.3.3C19 20 22 3 22 3c-1 2-8 2.3-13 3.3S2 11.5 2 13.5s1.8 3.8 1.8 3.8C7 "
+    "8 17 8 17 8z'/%3E%3C/svg%3E\">"
+)
+_FOOTER = (
+    '<span id="model-info">Loading model information…</span><br>\n'
+    "Advice is general guidance. Check with a local agricultural extension service and "
+    "follow product labels before treating."
+)
+
+
 @cache
 def _page() -> str:
-    return resources.files(__package__).joinpath("index.html").read_text(encoding="utf-8")
+    """The page at ``/``: the shared leaf page with this server's upload script."""
+    script = resources.files(__package__).joinpath("page.js").read_text(encoding="utf-8")
+    return leaf_page(
+        subtitle="Photograph a leaf to identify the disease and what to do about it.",
+        footer=_FOOTER,
+        scripts=f"<script>\n{script}</script>",
+        head=_ICON,
+    )
 
 
 # --------------------------------------------------------------------------- app

@@ -4,42 +4,18 @@
  * use: classes, preprocessing, temperature, the OOD score and threshold, the disease
  * table. A photo is decoded without colour conversion (Python ignores ICC profiles too),
  * preprocessed by preprocess.js exactly as Python does, and scored as the Python predictor
- * scores it: calibrated softmax of logits / T, and the bundle's OOD score. The card is the
- * one `cropdoc serve` shows. window.cropdoc exposes the last result (tests read it).
+ * scores it: calibrated softmax of logits / T, and the bundle's OOD score. The card is
+ * `cropdoc serve`'s (card.js renders both), with serve's advice texts (config.advice).
+ * window.cropdoc exposes the last result (tests read it).
  */
 "use strict";
 (function () {
-  const $ = (id) => document.getElementById(id);
-  const SEVERITY = { none: "healthy", moderate: "moderate risk", high: "high risk", unknown: "severity unknown" };
-  // The advice lines of cropdoc serve (serve/app.py), so both pages say the same.
-  const ADVICE = {
-    healthy: "No disease found on this leaf. Keep checking your plants every week.",
-    high: "High risk: this disease can spread through a field within days. Start with the first step below today.",
-    moderate: "Moderate risk: act early, before it spreads to healthy leaves.",
-    unknown: "Ask a local extension officer or plant clinic to confirm before treating.",
-  };
-  const RETAKE = "The model is not sure about this photo. Retake it: one leaf filling the frame, " +
-    "in focus, in daylight without harsh glare or shadows, on a plain background.";
-  const MAX_PIXELS = 40000000; // Python's limit (cropdoc.data.images.DEFAULT_MAX_PIXELS)
+  const { $, showError, showPhoto, render, wireInputs } = CropdocCard;
   const MAX_CANVAS = 16000000;
   const state = {
     config: null, session: null, offlineReady: false, last: null, lastInput: null, error: null,
   };
   window.cropdoc = state;
-
-  function show(which) {
-    $("placeholder").style.display = which === "idle" ? "" : "none";
-    $("busy").style.display = which === "busy" ? "block" : "none";
-    $("result").style.display = which === "result" ? "block" : "none";
-    $("error").hidden = which !== "error";
-  }
-
-  function showError(message) {
-    $("error-text").textContent = " " + message;
-    show("error");
-  }
-
-  function pct(p) { return (100 * p).toFixed(p >= 0.995 || p < 0.1 ? 1 : 0) + "%"; }
 
   function diagnose(logits, features) {
     const c = state.config;
@@ -51,73 +27,22 @@
     }));
     const score = CropdocScores.oodScore(c.ood, logits, probs, features);
     const abstain = score !== null && score > c.ood.threshold;
-    const info = c.diseases[top[0].class];
     const low = top[0].probability < c.low_confidence;
-    const advice = low ? RETAKE : (ADVICE[info.healthy ? "healthy" : info.severity] || ADVICE.unknown);
-    return {
+    const base = {
       ok: true, prediction: top[0], top_k: top, probabilities: probs, logits: logits,
-      ood_score: score, abstain: abstain, crop: info.crop, disease: info.disease,
-      healthy: info.healthy, pathogen: info.pathogen || null, severity: info.severity,
-      symptoms: info.symptoms || null, treatment: info.management, low_confidence: low,
-      advice: advice,
+      ood_score: score, abstain: abstain, low_confidence: low,
     };
-  }
-
-  // ------------------------------------------------------------------ card
-  function renderBars(top) {
-    const bars = $("bars");
-    bars.replaceChildren();
-    top.slice(0, 3).forEach((t, i) => {
-      const bar = document.createElement("div");
-      bar.className = "bar" + (i === 0 ? " top" : "");
-      const row = document.createElement("div");
-      row.className = "row";
-      const name = document.createElement("span");
-      name.textContent = t.label;
-      const value = document.createElement("span");
-      value.textContent = pct(t.probability);
-      row.append(name, value);
-      const track = document.createElement("div");
-      track.className = "track";
-      const fill = document.createElement("div");
-      fill.className = "fill";
-      track.append(fill);
-      bar.append(row, track);
-      bars.append(bar);
-      requestAnimationFrame(() => { fill.style.width = Math.max(1, 100 * t.probability) + "%"; });
+    // As cropdoc serve answers: no crop, disease or treatment when abstaining.
+    if (abstain) return Object.assign(base, { advice: c.advice.not_recognised });
+    const info = c.diseases[top[0].class];
+    const severity = c.advice.severity;
+    const advice = low ? c.advice.retake
+      : (severity[info.healthy ? "healthy" : info.severity] || severity.unknown);
+    return Object.assign(base, {
+      crop: info.crop, disease: info.disease, healthy: info.healthy,
+      pathogen: info.pathogen || null, severity: info.severity, symptoms: info.symptoms || null,
+      treatment: info.management, advice: advice,
     });
-  }
-
-  function render(r) {
-    const known = !r.abstain;
-    $("abstain").hidden = known;
-    $("pred-crop").textContent = known ? r.crop || "" : "";
-    $("pred-label").textContent = !known ? "Not recognised"
-      : r.healthy ? "Healthy leaf" : (r.disease || r.prediction.label);
-    $("pred-confidence").textContent = pct(r.prediction.probability) + " confident";
-    const sev = $("pred-severity");
-    sev.textContent = SEVERITY[r.severity] || r.severity;
-    sev.className = "badge " + (r.severity || "");
-    sev.style.display = known ? "" : "none";
-    $("pathogen").textContent = known ? r.pathogen || "" : "";
-    renderBars(r.top_k);
-    $("symptoms").textContent = r.symptoms || "";
-    $("symptoms-wrap").style.display = known && r.symptoms ? "" : "none";
-    const list = $("treatment");
-    list.replaceChildren();
-    (known ? r.treatment || [] : []).forEach((step) => {
-      const li = document.createElement("li");
-      li.textContent = step;
-      list.append(li);
-    });
-    list.parentElement.style.display = known ? "" : "none";
-    $("advice").textContent = r.advice || "";
-    $("advice").className = r.healthy ? "" : (r.severity || "");
-    $("advice").style.display = known && r.advice && !r.low_confidence ? "" : "none";
-    $("low-confidence").hidden = !known || !r.low_confidence;
-    $("low-text").textContent = r.low_confidence ? " " + r.advice : "";
-    show("result");
-    if (window.innerWidth < 780) $("result-h").scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
   // ------------------------------------------------------------------ photo -> input
@@ -142,7 +67,7 @@
       throw new Error("not an image this browser can read. Try a JPEG or PNG photo of a leaf");
     }
     let { width, height } = bitmap;
-    if (width * height > MAX_PIXELS) {
+    if (width * height > state.config.max_pixels) { // Python's limit, as exported
       bitmap.close();
       throw new Error("the photo has too many pixels (" + width + " × " + height + "). Send a smaller one");
     }
@@ -188,12 +113,7 @@
 
   async function onFile(file) {
     if (!file) return;
-    $("preview").src = URL.createObjectURL(file);
-    $("preview-wrap").style.display = "block";
-    const size = file.size < 1048576 ? Math.max(1, Math.round(file.size / 1024)) + " KB"
-      : (file.size / 1048576).toFixed(1) + " MB";
-    $("filename").textContent = file.name + " · " + size;
-    show("busy");
+    showPhoto(file);
     try {
       await state.ready;
       const r = await predictFile(file);
@@ -238,21 +158,7 @@
       .catch((e) => { status.textContent = " · offline use unavailable (" + e.message + ")"; });
   }
 
-  for (const id of ["file-input", "camera-input"]) {
-    $(id).addEventListener("change", (e) => { onFile(e.target.files[0]); e.target.value = ""; });
-  }
-  const drop = $("drop");
-  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
-    e.preventDefault(); drop.classList.add("over");
-  }));
-  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
-    e.preventDefault(); drop.classList.remove("over");
-  }));
-  drop.addEventListener("drop", (e) => onFile(e.dataTransfer.files[0]));
-  window.addEventListener("dragover", (e) => e.preventDefault());
-  window.addEventListener("drop", (e) => e.preventDefault());
-
-  show("idle");
+  wireInputs(onFile);
   state.ready = loadModel().catch((e) => {
     state.error = e.message;
     $("model-info").textContent = "The model could not be loaded (" + e.message + ").";
