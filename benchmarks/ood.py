@@ -1,15 +1,17 @@
 """Out-of-distribution scores on real leaves: AUROC, FPR95 and abstain rates, side by side.
 
-    python -m benchmarks.ood                                   # trains both rows (~30 min, 2 cores)
-    python -m benchmarks.ood --bundle runs/lite0/model --bundle runs/mnv3/model
+    python -m benchmarks.ood --bundle RUN/model [--bundle RUN2/model]   # finished runs
+    python -m benchmarks.ood --out runs/ood        # trains the two rows first (long, 2 cores)
 
-Each row is a run on ``plantvillage-mini`` (12 classes): the pretrained EfficientNet-Lite0
-(``timm/tf_efficientnet_lite0`` from the shared ImageNet weights, 160 px, stages 2,3,2) and
-the from-scratch default MobileNetV3-Small (128 px, one 20-epoch stage); ``--bundle`` uses
-finished runs instead. For every score kind cropdoc can store (``cropdoc.ood``), fitted
-exactly as training's finalize step fits it (``cropdoc.evaluation.fit_ood``: Gaussian on the
-train split, threshold for 5 % false abstains on the val split), the figures on the run's
-test split (in distribution) against:
+Each row is a run on ``plantvillage-mini`` (12 classes): ``lite0-224``, the pretrained
+EfficientNet-Lite0 (``timm/tf_efficientnet_lite0`` from the shared ImageNet weights) with
+the default recipe at 224 px (``benchmarks.quality``'s ``ours-224`` row), and
+``scratch-mnv3-128``, a MobileNetV3-Small from random weights (128 px, one 12-epoch
+stage); ``--bundle`` uses finished runs instead (a run directory with ``split.json``). For
+every score kind cropdoc can store (``cropdoc.ood``), fitted exactly as training's
+finalize step fits it (``cropdoc.evaluation.fit_ood``: Gaussian on the train split,
+threshold for 5 % false abstains on the val split), the figures on the run's test split
+(in distribution) against:
 
 * ``unseen``: ``plantvillage-unseen``, 180 photos of three tomato diseases the model never saw
   (near OOD);
@@ -36,17 +38,16 @@ from .common import DATA, emit, machine
 UNSEEN = DATA.parent / "plantvillage-unseen"
 WEIGHTS = DATA.parent / "weights" / "tf_efficientnet_lite0.imagenet.safetensors"
 ROWS: dict[str, dict[str, Any]] = {
-    "lite0-160": {
+    "lite0-224": {
         "arch": "timm/tf_efficientnet_lite0",
         "weights": str(WEIGHTS),
-        "image_size": 160,
-        "stage_epochs": [2, 3, 2],
+        "image_size": 224,
     },
     "scratch-mnv3-128": {
         "arch": "mobilenet_v3_small",
         "weights": "none",
         "image_size": 128,
-        "stage_epochs": [20],
+        "stage_epochs": [12],
     },
 }
 TARGET = 0.05

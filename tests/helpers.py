@@ -98,7 +98,7 @@ def cli_in_process(argv: list[str]) -> tuple[int, str]:
 
     app_module = importlib.import_module("cropdoc.cli.app")
     err = io.StringIO()
-    old_argv, old_file, old_width = sys.argv, app_module.console.file, app_module.console.width
+    old_argv, old_width = sys.argv, app_module.console.width
     sys.argv = ["cropdoc", *argv]
     app_module.console.file = err
     app_module.console.width = 400
@@ -108,7 +108,10 @@ def cli_in_process(argv: list[str]) -> tuple[int, str]:
     except SystemExit as e:
         code = int(e.code or 0)
     finally:
-        sys.argv, app_module.console.file = old_argv, old_file
+        # None: the console follows sys.stderr again, as it was made (Console(stderr=True)).
+        # Restoring the stream it returned would pin a capture stream pytest closes after
+        # this test (capsys), and the CLI's log handler would then write to a closed file.
+        sys.argv, app_module.console.file = old_argv, None
         app_module.console.width = old_width
     return code, err.getvalue()
 

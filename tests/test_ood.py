@@ -374,3 +374,26 @@ def test_fit_ood_refits_an_existing_bundle_from_cli_and_api(bundle: Path, tmp_pa
     assert info.kind == "energy" and read_meta(run).ood.kind == "energy"
     code, err = cli_in_process(["fit-ood", str(run), "--target", "1.5"])
     assert code == 2 and "target false-abstain rate" in err
+
+
+def test_training_fits_the_default_score_after_the_temperature(
+    tiny_data: Path, tmp_path_factory: pytest.TempPathFactory
+):
+    from test_predictor import shared_tiny_run
+
+    run = shared_tiny_run(tiny_data, tmp_path_factory)
+    meta = read_meta(run / "model")
+    assert meta.ood is not None and meta.ood.kind == "energy" and not meta.ood.params
+    assert meta.ood.target_false_abstain == 0.05
+    assert meta.ood.metrics["val_abstain_rate"] <= 0.05
+    # The threshold is the energy of the val split (what finalize fitted it on).
+    from cropdoc.bundle import load_bundle
+
+    loaded = load_bundle(run / "model")
+    val = SplitManifest.load(run / "split.json").samples("val")
+    out = collect_logits(loaded.model, val, meta)
+    scores = ood_scores("energy", out.logits)
+    assert (scores > meta.ood.threshold).mean() == meta.ood.metrics["val_abstain_rate"]
+    # Predictions of the trained model carry the fitted score (ONNX, the default export).
+    p = load_predictor(run / "model", backend="onnx").predict([val[0][0]])[0]
+    assert p.ood_score == pytest.approx(float(scores[0]), abs=1e-3)
