@@ -135,6 +135,7 @@ class Model:
         split: str | None = None,
         split_file: str | os.PathLike[str] | None = None,
         ignore_unknown: bool = False,
+        variant: str | None = None,
         batch_size: int = 64,
         workers: int | None = None,
         device: str | None = None,
@@ -144,8 +145,10 @@ class Model:
         """Metrics, plots and ``report.md`` for ``data`` (default out: ``<run>/eval``).
 
         ``split``: ``test``/``val``/``train`` of the run's split, or ``all``; by default
-        the run's test split when ``data`` is the folder it was trained on.
-        ``ignore_unknown``: skip class folders the model does not know instead of failing.
+        the run's test split when ``data`` is the folder it was trained on (exactly: a
+        missing file is an error), a pre-split copy's test folder, else the images of
+        ``data`` the run did not train on. ``ignore_unknown``: skip class folders the model
+        does not know instead of failing. ``variant``: the variant folder of ``data``.
         """
         out_dir = Path(out) if out is not None else self.path.parent / "eval"
         return evaluate_bundle(
@@ -155,6 +158,7 @@ class Model:
             split=split,
             split_file=split_file,
             ignore_unknown=ignore_unknown,
+            variant=variant,
             batch_size=batch_size,
             workers=workers,
             device=device,

@@ -50,6 +50,15 @@ class DataConfig(_Strict):
     classes: list[str] | None = None
     max_pixels: int = Field(40_000_000, ge=1)
     balance: Literal["none", "loss", "sampler"] = "none"
+    variant: str | None = Field(
+        None, description="the image variant folder to read (color, grayscale, segmented)"
+    )
+    resplit: bool = Field(
+        False, description="pool a pre-split copy's folders and split them grouped by leaf"
+    )
+    label_conflicts: Literal["exclude", "keep"] = Field(
+        "exclude", description="byte-identical files filed under two classes"
+    )
 
     @field_validator("split")
     @classmethod
@@ -235,6 +244,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "workers": ("data", "workers"),
     "balance": ("data", "balance"),
     "split": ("data", "split"),
+    "resplit": ("data", "resplit"),
+    "variant": ("data", "variant"),
+    "label_conflicts": ("data", "label_conflicts"),
     "classes": ("data", "classes"),
     "weight_decay": ("optim", "weight_decay"),
     "label_smoothing": ("optim", "label_smoothing"),

@@ -35,7 +35,11 @@ def evaluate(
         typer.Argument(metavar="MODEL", help="Model bundle (RUN/model) or its run directory."),
     ],
     data: Annotated[
-        Path, typer.Argument(metavar="DATA", help="Dataset folder: one sub-folder per class.")
+        Path,
+        typer.Argument(
+            metavar="DATA",
+            help="Dataset folder: one sub-folder per class, or a pre-split copy.",
+        ),
     ],
     out_dir: Annotated[
         Path,
@@ -49,8 +53,9 @@ def evaluate(
     split: Annotated[
         opts.EvalSplit | None,
         typer.Option(
-            help="Default: the run's test split when DATA is its training folder, else every "
-            "image in DATA."
+            help="Default: the run's test split when DATA is its training folder (exactly: "
+            "a missing file is an error), a pre-split copy's test folder, else the images "
+            "of DATA the run did not train on. all: every image in DATA."
         ),
     ] = None,
     split_file: Annotated[
@@ -63,6 +68,14 @@ def evaluate(
         bool,
         typer.Option("--ignore-unknown", help="Skip class folders the model does not know."),
     ] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Read this variant folder when DATA holds several (color, grayscale, "
+            "segmented).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
     workers: opts.WorkersOpt = None,
     device: opts.DeviceOpt = None,
@@ -75,6 +88,7 @@ def evaluate(
         split=split.value if split else None,
         split_file=split_file,
         ignore_unknown=ignore_unknown,
+        variant=variant,
         batch_size=batch_size,
         workers=workers,
         device=device.value if device else None,
@@ -103,6 +117,9 @@ def evaluate(
     table.add_row("bad files skipped", str(m["n_bad_files"]))
     if m.get("skipped_unknown_images"):
         table.add_row("unknown-class images skipped", str(m["skipped_unknown_images"]))
+    if m.get("seen_in_training_images"):
+        kept = "scored" if m["split"] == "all" else "left out"
+        table.add_row(f"seen in training ({kept})", str(m["seen_in_training_images"]))
     out.print(table)
     worst = sorted(
         ((c, v) for c, v in m["per_class"].items() if v["support"]), key=lambda cv: cv[1]["f1"]

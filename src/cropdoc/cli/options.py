@@ -42,6 +42,7 @@ __all__ = [
     "Device",
     "DeviceOpt",
     "EvalSplit",
+    "LabelConflicts",
     "LateHelp",
     "Precision",
     "Recipe",
@@ -75,6 +76,7 @@ def _choices(name: str, model: type, key: str) -> type[StrEnum]:
 Recipe = _choices("Recipe", TrainConfig, "recipe")
 Precision = _choices("Precision", RuntimeConfig, "precision")
 Balance = _choices("Balance", DataConfig, "balance")
+LabelConflicts = _choices("LabelConflicts", DataConfig, "label_conflicts")
 
 
 class Device(StrEnum):
@@ -169,7 +171,34 @@ class TrainingOptions:
     ] = None
     split: Annotated[
         str | None,
-        _opt(metavar="TRAIN,VAL,TEST", help="Split ratios (a pre-split copy keeps its own)."),
+        _opt(
+            metavar="TRAIN,VAL,TEST",
+            help="Split ratios (a pre-split copy keeps its own; a split it lacks is carved "
+            "from its train folder at these ratios).",
+        ),
+    ] = None
+    resplit: Annotated[
+        bool | None,
+        _opt(
+            "--resplit/--no-resplit",
+            help="Pre-split DATA (train/ val/ test/): pool its folders and split them "
+            "grouped by leaf instead of using the split it ships with.",
+        ),
+    ] = None
+    variant: Annotated[
+        str | None,
+        _opt(
+            metavar="NAME",
+            help="Read this variant folder of DATA when it holds several (color, grayscale, "
+            "segmented: PlantVillage's raw/ folder).",
+        ),
+    ] = None
+    label_conflicts: Annotated[
+        LabelConflicts | None,
+        _opt(
+            help="Byte-identical files filed under two classes: exclude them from training "
+            "and evaluation (default), or keep them.",
+        ),
     ] = None
     classes: Annotated[
         str | None, _opt(metavar="NAMES", help="Only these class folders (comma-separated).")

@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from ..bundle import WEIGHTS_FILE, BundleMeta, TrainingInfo, read_meta, update_meta
 from ..config import RuntimeConfig, StageConfig, TrainConfig, load_config
 from ..data.augment import build_fast_train_transform
+from ..data.layout import dataset_root
 from ..data.loaders import ImageDataset, class_weights, make_loader
 from ..data.scan import scan_folder
 from ..data.split import SplitManifest, make_split
@@ -80,7 +81,8 @@ class TrainResult:
 def _resolve_inputs(
     data: str | Path | None, run_dir: Path, config: TrainConfig | None, resume: bool
 ) -> tuple[Path, TrainConfig]:
-    """The dataset folder and the config of the run (a resumed run keeps its own recipe)."""
+    """The dataset root (a lone wrapper folder or a chosen variant stepped into) and the
+    config of the run (a resumed run keeps its own recipe)."""
     if resume:
         if not (run_dir / "last.ckpt").is_file() or not (run_dir / "config.yaml").is_file():
             raise ConfigError(
@@ -93,6 +95,8 @@ def _resolve_inputs(
         config = saved.model_copy(update={"runtime": runtime})
         if data is None:
             data = SplitManifest.load(run_dir / "split.json").root
+            _check_folder(data)
+            return data, config  # the dataset root already
     else:
         config = config or TrainConfig()
         if (run_dir / "last.ckpt").exists():
@@ -103,6 +107,11 @@ def _resolve_inputs(
     if data is None:
         raise ConfigError("no dataset path given")
     data = Path(data)
+    _check_folder(data)
+    return dataset_root(data, variant=config.data.variant), config
+
+
+def _check_folder(data: Path) -> None:
     if not data.exists():
         raise DataError(f"dataset folder not found: {data}")
     if not data.is_dir():
@@ -110,7 +119,6 @@ def _resolve_inputs(
             f"{data} is a file, not a folder: give the dataset folder that holds one "
             f"sub-folder per class"
         )
-    return data, config
 
 
 def _prepare_data(
@@ -129,18 +137,21 @@ def _prepare_data(
         report = scan_folder(
             data,
             classes=config.data.classes,
+            label_conflicts=config.data.label_conflicts,
             max_pixels=config.data.max_pixels,
             progress=scan_progress,
         )
-        if report.bad_files:
-            _logger.warning(
-                "%d bad file(s) excluded (see %s): %s",
-                len(report.bad_files),
-                run_dir / "scan_report.json",
-                "; ".join(f"{b.path.name}: {b.reason}" for b in report.bad_files[:3]),
-            )
+        problems = report.problems()
+        for problem in problems:
+            _logger.warning(problem.message)
+        if problems:
+            _logger.info("full lists: %s", run_dir / "scan_report.json")
         report.save(run_dir / "scan_report.json")
-        kwargs: dict[str, Any] = {"ratios": config.data.split, "seed": config.runtime.seed}
+        kwargs: dict[str, Any] = {
+            "ratios": config.data.split,
+            "seed": config.runtime.seed,
+            "shipped": not config.data.resplit,
+        }
         if config.data.group_pattern is not None:
             kwargs["group_pattern"] = config.data.group_pattern
         manifest = make_split(report, **kwargs)
