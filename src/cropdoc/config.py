@@ -23,10 +23,13 @@ __all__ = [
     "RuntimeConfig",
     "StageConfig",
     "TrainConfig",
+    "RESUME_APPLIED",
+    "RESUME_OPTIONS",
     "TRAIN_OPTIONS",
     "load_config",
     "merge_overrides",
     "options_to_overrides",
+    "resume_conflicts",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -257,6 +260,69 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "seed": ("runtime", "seed"),
     "deterministic": ("runtime", "deterministic"),
 }
+
+
+#: The settings a resumed run takes from the new config: where and how it runs, never what
+#: it learns. Every other setting must equal the run's ``config.yaml`` or resume refuses
+#: (:func:`resume_conflicts`): a changed batch size, image size, stage length or learning
+#: rate would silently mix two recipes in one model. A changed device count is safe: the
+#: stage's learning-rate schedule is rebuilt at the same fraction of the stage.
+RESUME_APPLIED: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("runtime", "accelerator"),
+        ("runtime", "devices"),
+        ("runtime", "num_nodes"),
+        ("runtime", "strategy"),
+        ("runtime", "precision"),
+        ("runtime", "channels_last"),
+        ("runtime", "deterministic"),
+        ("data", "workers"),
+        ("data", "eval_batch_size"),
+    }
+)
+
+
+#: The training options (:data:`TRAIN_OPTIONS`) ``--resume`` applies; all others must match.
+RESUME_OPTIONS: tuple[str, ...] = tuple(n for n, p in TRAIN_OPTIONS.items() if p in RESUME_APPLIED)
+
+
+def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def resume_conflicts(saved: TrainConfig, new: TrainConfig, *, applied: bool = False) -> list[str]:
+    """The settings ``new`` changes that a resumed run cannot apply, as readable items.
+
+    Each item names the option as the command line spells it (``--batch-size 64 (the run
+    has 32)``), or the config key for settings without one (``optim.eta_min``). With
+    ``applied``: the changes it does apply (:data:`RESUME_APPLIED`) instead.
+
+    >>> resume_conflicts(TrainConfig(), TrainConfig(data=DataConfig(batch_size=64)))
+    ['--batch-size 64 (the run has 32)']
+    """
+    flags = {path: "--" + name.replace("_", "-") for name, path in TRAIN_OPTIONS.items()}
+    old, now = _leaves(saved.model_dump(mode="json")), _leaves(new.model_dump(mode="json"))
+    items = []
+    for path in sorted(set(old) | set(now)):
+        if (path in RESUME_APPLIED) != applied or old.get(path) == now.get(path):
+            continue
+        name = flags.get(path, ".".join(path))
+        items.append(f"{name} {_shown(now.get(path))} (the run has {_shown(old.get(path))})")
+    return items
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "the default"
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
 
 
 def options_to_overrides(**options: Any) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import typer
 from typer.core import TyperCommand, TyperOption
 
 from ..config import (
+    RESUME_OPTIONS,
     TRAIN_OPTIONS,
     DataConfig,
     RuntimeConfig,
@@ -45,6 +46,7 @@ __all__ = [
     "LabelConflicts",
     "LateHelp",
     "Precision",
+    "RESUME_FLAGS",
     "Recipe",
     "TrainingOptions",
     "WorkersOpt",
@@ -62,9 +64,6 @@ _PANEL = "Training options"
 #: Set by torchrun and by Fabric's launcher in each rank: every rank runs this
 #: command on its own, so none may pick a different ``--out`` than the others.
 _RANK_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
-#: What ``--resume`` takes from the command line; the run keeps its recipe, data settings
-#: and seed (``cropdoc.training``), so the other options would be ignored.
-_APPLIED_ON_RESUME = frozenset({"device", "devices", "precision", "deterministic"})
 
 
 def _choices(name: str, model: type, key: str) -> type[StrEnum]:
@@ -105,8 +104,12 @@ def known_archs() -> list[str]:
 
 
 def complete_arch(incomplete: str) -> list[str]:
-    """Shell completion for ``--arch``."""
-    return [a for a in known_archs() if a.startswith(incomplete)]
+    """Shell completion for ``--arch`` (and ``timm/`` names once that prefix is typed)."""
+    if incomplete.startswith("timm/"):
+        import timm
+
+        return [f"timm/{n}" for n in timm.list_models(f"{incomplete[5:]}*")][:200]
+    return [a for a in [*known_archs(), "timm/"] if a.startswith(incomplete)]
 
 
 Arch = Annotated[
@@ -258,13 +261,15 @@ class TrainingOptions:
         get_arch(config.arch)
         return config
 
-    def ignored_on_resume(self) -> list[str]:
-        """The options given that ``--resume`` does not apply, as flags."""
-        return [_flag(n) for n in self.given() if n not in _APPLIED_ON_RESUME]
-
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+#: The options ``--resume`` applies, as flags: derived from the library's one rule
+#: (``cropdoc.config.RESUME_APPLIED``); any other option that differs from the run's
+#: ``config.yaml`` is refused by ``cropdoc.training``.
+RESUME_FLAGS: tuple[str, ...] = tuple(_flag(n) for n in RESUME_OPTIONS)
 
 
 def _numbers(kind: type, n: int | None = None) -> Callable[[str], list[Any]]:

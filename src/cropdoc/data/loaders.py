@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from ..cpu import default_workers
 from ..errors import DataError
@@ -105,11 +105,16 @@ def make_loader(
     workers: int | None = None,
     balance_sampler: bool = False,
     num_classes: int | None = None,
+    shard: tuple[int, int] | None = None,
+    shuffle_seed: int = 0,
 ) -> DataLoader:
     """A DataLoader: train is shuffled (or class-balanced) with drop_last; eval is ordered.
 
     Shuffling draws from torch's global RNG, which the trainer reseeds every epoch, so an
-    epoch's order is the same whether the run was interrupted and resumed or not.
+    epoch's order is the same whether the run was interrupted and resumed or not. With
+    ``shard=(rank, world_size)`` the train loader reads its rank's share through a
+    ``DistributedSampler`` seeded with ``shuffle_seed`` (every rank must draw the same
+    permutation, so it cannot use the per-rank global RNG).
     """
     workers = default_workers() if workers is None else workers
     sampler = None
@@ -118,7 +123,12 @@ def make_loader(
         per_class = class_weights(dataset.labels, n)
         weights = per_class[torch.tensor(dataset.labels)].double()
         sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
-    drop_last = train and len(dataset) > batch_size
+    elif train and shard is not None:
+        rank, world = shard
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=shuffle_seed
+        )
+    drop_last = train and (len(sampler) if sampler is not None else len(dataset)) > batch_size
     return DataLoader(
         dataset,
         batch_size=batch_size,
