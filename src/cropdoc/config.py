@@ -62,6 +62,14 @@ class DataConfig(_Strict):
     label_conflicts: Literal["exclude", "keep"] = Field(
         "exclude", description="byte-identical files filed under two classes"
     )
+    cache: Literal["auto", "ram", "disk", "none"] = Field(
+        "auto",
+        description="decoded-image cache: RAM when it fits, else a memory-mapped file in "
+        "RUN/cache/ (auto); always ram or disk; none",
+    )
+    cache_max_mb: int | None = Field(
+        None, ge=0, description="bound of a RAM cache in MiB (None: 2 GiB or RAM/4)"
+    )
 
     @field_validator("split")
     @classmethod
@@ -278,6 +286,8 @@ RESUME_APPLIED: frozenset[tuple[str, ...]] = frozenset(
         ("runtime", "deterministic"),
         ("data", "workers"),
         ("data", "eval_batch_size"),
+        ("data", "cache"),
+        ("data", "cache_max_mb"),
     }
 )
 

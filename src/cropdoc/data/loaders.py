@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 
 from ..cpu import default_workers
 from ..errors import DataError
-from .cache import DecodedCache
+from .cache import CacheStorage, DecodedCache
 from .images import DEFAULT_MAX_PIXELS, load_tensor
 
 __all__ = ["ImageDataset", "class_weights", "make_loader"]
@@ -43,7 +43,11 @@ class ImageDataset(Dataset):
         cache_short_side: when set, decode every image once now into a shared-memory
             :class:`DecodedCache`, shrunk to this shorter side (pass the eval resize size,
             ``round(1.14 * S)``: eval pixels stay identical). None: decode on every access.
-        cache_max_bytes: bound of that cache (default: 2 GiB or a quarter of the RAM).
+        cache_max_bytes: bound of a RAM cache (default: 2 GiB or a quarter of the RAM).
+        cache_dir: where a disk-backed cache may live (a run's ``cache/``): used when the
+            images would not fit ``cache_max_bytes`` (``cache_storage="auto"``), or always
+            with ``"disk"``; reused by a later dataset over the same files.
+        cache_storage: ``auto``, ``ram``, ``disk`` or ``none`` (no cache at all).
     """
 
     def __init__(
@@ -54,17 +58,21 @@ class ImageDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_short_side: int | None = None,
         cache_max_bytes: int | None = None,
+        cache_dir: Path | None = None,
+        cache_storage: CacheStorage = "auto",
     ) -> None:
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.transform = transform
         self.max_pixels = max_pixels
         self.cache: DecodedCache | None = None
-        if cache_short_side is not None and self.samples:
+        if cache_short_side is not None and self.samples and cache_storage != "none":
             self.cache = DecodedCache(
                 [p for p, _ in self.samples],
                 cache_short_side,
                 max_bytes=cache_max_bytes,
                 max_pixels=max_pixels,
+                disk_dir=cache_dir,
+                storage=cache_storage,
             )
 
     def __len__(self) -> int:

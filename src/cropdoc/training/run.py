@@ -215,8 +215,14 @@ def _make_loaders(
     config: TrainConfig,
     preprocessing: Preprocessing,
     start_epoch: int = 0,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train (augmented), val and test loaders, set up by Fabric (train is sharded).
+
+    Train and val images are decoded once into a cache (``data.cache``): in RAM when they
+    fit, else a memory-mapped file in ``cache_dir`` that a resumed run maps again. Under
+    DDP it is always that file, written by rank zero and mapped by every rank, so the
+    ranks of a machine share one copy in the page cache instead of one each.
 
     Under DDP the train loader gets its own sharding sampler seeded with ``seed +
     start_epoch``: Fabric sets a sampler's epoch to the epochs this process has run, so
@@ -226,16 +232,24 @@ def _make_loaders(
     size = preprocessing.image_size
     train_tf = build_fast_train_transform(size, mean=preprocessing.mean, std=preprocessing.std)
     eval_tf = build_eval_transform(preprocessing)
-    datasets = {
-        s: ImageDataset(
-            manifest.samples(s, root=root),
-            train_tf if s == "train" else eval_tf,
-            max_pixels=config.data.max_pixels,
-            # Decode once per run (train and val are read every epoch; test only once).
-            cache_short_side=preprocessing.resize_size if s != "test" else None,
-        )
-        for s in SPLITS
-    }
+    storage = config.data.cache
+    if storage == "auto" and fabric.world_size > 1:
+        storage = "disk"
+    mb = config.data.cache_max_mb
+    with fabric.rank_zero_first(local=False):
+        datasets = {
+            s: ImageDataset(
+                manifest.samples(s, root=root),
+                train_tf if s == "train" else eval_tf,
+                max_pixels=config.data.max_pixels,
+                # Decode once per run (train and val are read every epoch; test only once).
+                cache_short_side=preprocessing.resize_size if s != "test" else None,
+                cache_max_bytes=None if mb is None else mb << 20,
+                cache_dir=cache_dir,
+                cache_storage=storage,
+            )
+            for s in SPLITS
+        }
     if len(datasets["val"]) == 0:
         raise DataError(
             "the validation split is empty: use a larger dataset or a larger val ratio (--split)"
@@ -318,7 +332,9 @@ def _make_trainer(
         interpolation=spec.interpolation,
         resize_ratio=spec.resize_ratio,
     )
-    loaders = _make_loaders(fabric, manifest, data, config, preprocessing, start_epoch)
+    loaders = _make_loaders(
+        fabric, manifest, data, config, preprocessing, start_epoch, cache_dir=run_dir / "cache"
+    )
     weights = None
     if config.data.balance == "loss":
         weights = class_weights(loaders["train"].dataset.labels, n_classes)

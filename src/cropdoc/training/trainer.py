@@ -101,8 +101,10 @@ def cpu_threads(fabric: Fabric, loader: Any, gflop_per_image: float) -> int | No
     if getattr(inner, "num_workers", None) is None:  # Fabric's wrapper, or a benchmark's
         inner = getattr(loader, "_dataloader", None) or getattr(loader, "loader", None)
     workers = int(getattr(inner, "num_workers", 0) or 0)
-    # Workers that read the decoded cache are cheap; workers that decode JPEGs are busy.
-    light = getattr(getattr(inner, "dataset", None), "cache", None) is not None
+    # Workers that only read the decoded cache are cheap; workers that decode JPEGs (all
+    # of them, or the part a full cache left out) are busy.
+    cache = getattr(getattr(inner, "dataset", None), "cache", None)
+    light = cache is not None and bool(getattr(cache, "complete", False))
     # Training processes on this machine: DDP strategies list their local devices.
     local_processes = len(getattr(fabric.strategy, "parallel_devices", None) or [None])
     batch = int(getattr(inner, "batch_size", None) or 1)
