@@ -104,12 +104,8 @@ def known_archs() -> list[str]:
 
 
 def complete_arch(incomplete: str) -> list[str]:
-    """Shell completion for ``--arch`` (and ``timm/`` names once that prefix is typed)."""
-    if incomplete.startswith("timm/"):
-        import timm
-
-        return [f"timm/{n}" for n in timm.list_models(f"{incomplete[5:]}*")][:200]
-    return [a for a in [*known_archs(), "timm/"] if a.startswith(incomplete)]
+    """Shell completion for ``--arch``."""
+    return [a for a in known_archs() if a.startswith(incomplete)]
 
 
 Arch = Annotated[
