@@ -214,3 +214,23 @@ def test_train_and_evaluate_use_a_presplit_copys_split(plantvillage_mini, tmp_pa
     ev = evaluate_bundle(result.bundle_dir, other, out_dir=tmp_path / "ev2", workers=0)
     assert ev.metrics["split"] == "test" and "Test/ folder" in ev.source
     assert ev.metrics["n_images"] == 8
+
+
+def test_data_inspect_reports_the_layout_and_one_line_per_problem(plantvillage_mini, tmp_path):
+    root = presplit(plantvillage_mini, tmp_path / "data")
+    twin = leaves(plantvillage_mini, A, 30, 1)[0]
+    shutil.copy(twin, root / "Train" / A / "twin.jpg")
+    shutil.copy(twin, root / "Train" / B / "twin.jpg")  # the same bytes under two classes
+    put(root / "Train" / A / B, leaves(plantvillage_mini, B, 30, 2))  # a nested copy
+    (root / "Train" / A / ".DS_Store").write_bytes(b"system file")
+    result = CliRunner().invoke(app, ["data", "inspect", str(root), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "layout: pre-split" in text
+    assert "split: the one DATA ships with (train 24, val 8, test 8" in text
+    problems = [line for line in result.output.splitlines() if line.startswith("problem:")]
+    assert len(problems) == 2, problems  # label conflicts, nested copy; nothing on .DS_Store
+    assert any("2 file(s) in 1 group(s)" in p and "label conflicts" in p for p in problems)
+    assert any(f"Train/{A}/{B}" in p for p in problems)
+    saved = json.loads((tmp_path / "o" / "scan_report.json").read_text())
+    assert saved["label_conflicts"] == [sorted([f"Train/{A}/twin.jpg", f"Train/{B}/twin.jpg"])]
