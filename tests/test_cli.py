@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from tests.helpers import cli_in_process, error_lines
+from tests.helpers import TINY_CONFIG, clear_error, cli_in_process, error_lines
 from typer.testing import CliRunner
 
 from cropdoc import __version__
@@ -230,11 +230,32 @@ def test_compare_defaults_to_every_registered_arch(tmp_path: Path, calls: dict):
     assert calls["compare"][1]["archs"] == list_archs()
 
 
-def test_resume_says_which_options_it_ignores(tmp_path: Path, calls: dict):
-    argv = ["train", "--resume", "--out", str(tmp_path), "--stage-lrs", "1,2,3"]
-    code, err = cli_in_process([*argv, "--device", "cpu"])
-    assert code == 0, err
-    assert "ignoring --stage-lrs" in err and "--device" not in err.split("ignoring")[1]
+def test_resume_refuses_a_changed_recipe_option_in_one_line(tmp_path: Path):
+    """A run stopped before its first checkpoint was read: the check comes first."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(TINY_CONFIG))
+    (run / "last.ckpt").write_bytes(b"not read: the options are checked first")
+    resume = ["train", "--resume", "--out", str(run)]
+    for option, value, shown in [
+        ("--batch-size", "64", "--batch-size 64 (the run has 8)"),
+        ("--stage-epochs", "2,2,2", "--stage-epochs 2,2,2 (the run has 1,1,1)"),
+        ("--image-size", "64", "--image-size 64 (the run has 32)"),
+        ("--resplit", None, "--resplit True (the run has False)"),
+        ("--seed", "7", "--seed 7 (the run has 42)"),
+    ]:
+        code, err = cli_in_process([*resume, option, *([value] if value else [])])
+        assert clear_error(code, err, "cannot resume", shown, "--devices"), (option, err)
+    code, err = cli_in_process([*resume, "--arch", "resnet50"])
+    assert clear_error(code, err, "--arch resnet50 (the run has mobilenet_v3_small)"), err
+    # Runtime placement is applied: past the check, the half-made run is what fails.
+    runtime = ["--workers", "0", "--devices", "1", "--precision", "32", "--device", "cpu"]
+    code, err = cli_in_process([*resume, *runtime])
+    assert clear_error(code, err, "split.json") and "cannot resume" not in err, err
+    help_text = flat(invoke("train", "--help").output)
+    assert "Only --workers, --device, --devices, --precision, --deterministic may change" in (
+        help_text
+    )
 
 
 def test_pin_out_names_rank_zeros_folder_for_the_other_ranks():

@@ -93,7 +93,12 @@ def test_other_folder_matches_renamed_classes_and_counts_bad_files(
     m = result.metrics
     unknown = len(list((renamed_data / "Corn___Common_rust").glob("*.jpg")))
     known = len(list(renamed_data.rglob("*.jpg"))) - unknown - 1  # all but broken.jpg
-    assert m["split"] == "all" and m["n_images"] == known  # every good image of known classes
+    # A renamed copy of the training folder: what the run trained and validated on is
+    # left out by its bytes, so only its test images are scored.
+    split = json.loads((tiny_run / "split.json").read_text())["splits"]
+    seen = len(split["train"]) + len(split["val"])
+    assert m["split"] == "all" and m["seen_in_training_images"] == seen
+    assert m["n_images"] == known - seen == len(split["test"])
     assert m["n_bad_files"] == 1 and m["bad_files"][0]["path"].endswith("broken.jpg")
     assert m["skipped_unknown_images"] == unknown
     assert result.renamed == {
@@ -103,6 +108,37 @@ def test_other_folder_matches_renamed_classes_and_counts_bad_files(
         "Tomato_healthy": "Tomato___healthy",
     }
     assert (tmp_path / "e" / "report.md").is_file()
+    every = evaluate_bundle(
+        tiny_run,
+        renamed_data,
+        out_dir=tmp_path / "all",
+        split="all",
+        ignore_unknown=True,
+        workers=0,
+    )
+    assert every.metrics["n_images"] == known  # the explicit choice: every image
+    assert every.metrics["seen_in_training_images"] == seen
+
+
+def test_a_split_with_a_missing_file_is_an_error_not_every_image(
+    tiny_run: Path, tiny_data: Path, tmp_path: Path
+):
+    data = shutil.copytree(tiny_data, tmp_path / "data")
+    test_files = json.loads((tiny_run / "split.json").read_text())["splits"]["test"]
+    gone = test_files[0][0]
+    (data / gone).unlink()
+    with pytest.raises(DataError, match=rf"1 of the {len(test_files)} 'test' images") as err:
+        evaluate_bundle(tiny_run, data, out_dir=tmp_path / "e", workers=0)
+    assert gone in str(err.value) and "--split all" in str(err.value)
+    # The same from the very folder the split was made from.
+    run = copy_run(tiny_run, tmp_path / "run")
+    manifest = json.loads((run / "split.json").read_text())
+    (run / "split.json").write_text(json.dumps({**manifest, "root": str(data)}))
+    with pytest.raises(DataError, match="cannot be scored exactly"):
+        evaluate_bundle(run, data, out_dir=tmp_path / "e", workers=0)
+    # --split all is the explicit way to score every image anyway.
+    result = evaluate_bundle(run, data, out_dir=tmp_path / "e", split="all", workers=0)
+    assert result.metrics["n_images"] == len(list(tiny_data.rglob("*.jpg"))) - 1
 
 
 def test_explicit_split_needs_the_training_folder_or_a_split_file(

@@ -65,10 +65,12 @@ BAD_REASONS = {
 def dataset(tmp_path: Path) -> Path:
     """Three classes: good files of every odd mode, one of every bad kind, duplicates."""
     root = tmp_path / "data"
-    # alpha: 3 good JPEGs (one nested, one upper-case extension) + every bad kind.
+    # alpha: 4 good JPEGs (one nested, one upper-case extension, one a label conflict)
+    # + every bad kind.
     put(root, "alpha/a1.jpg", jpeg(1))
     put(root, "alpha/A2.JPG", jpeg(2))
     put(root, "alpha/deeper/still/a3.jpeg", jpeg(3))
+    put(root, "alpha/a4.jpg", jpeg(10))
     put(root, "alpha/zero.jpg", b"")
     full = jpeg(4, (128, 128))
     put(root, "alpha/cut.jpg", full[: len(full) // 2])
@@ -82,6 +84,8 @@ def dataset(tmp_path: Path) -> Path:
     put(root, "alpha/bomb.png", bomb_png(20000, 20000))
     put(root, "alpha/.hidden.jpg", b"ignored")
     put(root, "alpha/.cache/x.jpg", b"ignored")
+    put(root, "alpha/Thumbs.db", b"ignored")
+    put(root, "alpha/__MACOSX/._a1.jpg", b"ignored")
     # beta: the odd-but-good modes.
     put(root, "beta/gray.png", png(Image.new("L", (5, 7), 40)))
     put(root, "beta/rgba.png", png(Image.new("RGBA", (5, 7), (255, 0, 0, 0))))
@@ -100,8 +104,10 @@ def dataset(tmp_path: Path) -> Path:
     put(root, "gamma/g1 copy.jpg", jpeg(6))
     put(root, "gamma/g2.jpg", jpeg(7))
     put(root, "gamma/from_alpha.jpg", jpeg(1))
-    # Ignored: hidden class folder and loose files in the root.
+    # Ignored: hidden and system folders, loose files in the root.
     put(root, ".trash/t1.jpg", jpeg(8))
+    put(root, "__MACOSX/alpha/._a1.jpg", b"ignored")
+    put(root, ".DS_Store", b"ignored")
     put(root, "README.txt", b"about this data")
     put(root, "stray.jpg", jpeg(9))
     return root
@@ -109,42 +115,55 @@ def dataset(tmp_path: Path) -> Path:
 
 def test_scan_reports_everything(dataset: Path, caplog: pytest.LogCaptureFixture) -> None:
     calls: list[tuple[int, int]] = []
-    with caplog.at_level(logging.WARNING, logger="cropdoc.data.scan"):
+    with caplog.at_level(logging.INFO, logger="cropdoc.data"):
         report = scan_folder(dataset, progress=lambda done, total: calls.append((done, total)))
 
     assert report.root == dataset.resolve()
-    assert report.classes == ["alpha", "beta", "gamma"]
-    assert report.counts() == {"alpha": 3, "beta": 6, "gamma": 4}
+    assert report.classes == ["alpha", "beta", "gamma"]  # no __MACOSX, no .trash
+    # The label conflict (alpha/a1.jpg = gamma/from_alpha.jpg) is left out of both classes.
+    assert report.counts() == {"alpha": 3, "beta": 6, "gamma": 3}
+    assert report.label_conflicts == [["alpha/a1.jpg", "gamma/from_alpha.jpg"]]
 
     reasons = {report.relative(b.path): b.reason for b in report.bad_files}
-    assert set(reasons) == set(BAD_REASONS)
+    assert set(reasons) == set(BAD_REASONS)  # Thumbs.db and __MACOSX/ are no bad files
     for rel, expected in BAD_REASONS.items():
         assert reasons[rel].startswith(expected), (rel, reasons[rel])
     assert [report.relative(b.path) for b in report.bad_files] == sorted(BAD_REASONS)
 
     rels = [report.relative(s.path) for s in report.samples]
-    assert rels[:3] == ["alpha/A2.JPG", "alpha/a1.jpg", "alpha/deeper/still/a3.jpeg"]
+    assert rels[:3] == ["alpha/A2.JPG", "alpha/a4.jpg", "alpha/deeper/still/a3.jpeg"]
     assert [s.label for s in report.samples] == sorted(s.label for s in report.samples)
     for s in report.samples:
         assert s.path.is_absolute()
         assert s.class_name == report.classes[s.label]
         assert s.sha256 == hashlib.sha256(s.path.read_bytes()).hexdigest()
+        assert s.split is None
     sizes = {report.relative(s.path): (s.width, s.height) for s in report.samples}
     assert sizes["beta/rotated.jpg"] == (10, 30)  # EXIF orientation applied
     assert sizes["beta/g16.png"] == (5, 7)
 
     assert [[report.relative(p) for p in g] for g in report.duplicate_groups()] == [
-        ["alpha/a1.jpg", "gamma/from_alpha.jpg"],
         ["gamma/g1 copy.jpg", "gamma/g1.jpg"],
     ]
-    assert any("label conflict" in r.message for r in caplog.records)
-    assert any("stray.jpg" in r.getMessage() for r in caplog.records)
-    assert not any("README.txt" in r.getMessage() for r in caplog.records)  # info only
+    messages = [p.message for p in report.problems()]
+    assert any(
+        "label conflicts" in m and "alpha/a1.jpg = gamma/from_alpha.jpg" in m for m in messages
+    )
+    assert any("stray.jpg" in m and "not inside a class folder" in m for m in messages)
+    assert not any("README.txt" in m or "DS_Store" in m or "Thumbs" in m for m in messages)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]  # callers report
 
-    n_decoded = 13 + len(BAD_REASONS) - 2  # the two unsupported files are not decoded
+    n_decoded = 14 + len(BAD_REASONS) - 2  # the two unsupported files are not decoded
     assert len(calls) == n_decoded
     assert sorted(d for d, _ in calls) == list(range(1, n_decoded + 1))
     assert {t for _, t in calls} == {n_decoded}
+
+
+def test_label_conflicts_can_be_kept(dataset: Path) -> None:
+    report = scan_folder(dataset, label_conflicts="keep")
+    assert report.counts() == {"alpha": 4, "beta": 6, "gamma": 4}
+    assert report.label_conflicts == [["alpha/a1.jpg", "gamma/from_alpha.jpg"]]
+    assert "kept" in next(p.message for p in report.problems() if p.kind == "label_conflicts")
 
 
 def test_scan_is_deterministic(dataset: Path) -> None:
@@ -158,7 +177,9 @@ def test_save_load_round_trip(dataset: Path, tmp_path: Path) -> None:
     data = json.loads(out.read_text())
     assert data["samples"][0]["path"] == "alpha/A2.JPG"
     assert data["counts"] == report.counts()
-    assert len(data["duplicate_groups"]) == 2
+    assert len(data["duplicate_groups"]) == 1
+    assert data["label_conflicts"] == [["alpha/a1.jpg", "gamma/from_alpha.jpg"]]
+    assert {p["kind"] for p in data["problems"]} >= {"bad_files", "label_conflicts"}
     loaded = ScanReport.load(out)
     assert loaded == report
     moved = ScanReport.load(out, root=tmp_path / "elsewhere")
@@ -182,7 +203,7 @@ def test_load_errors(tmp_path: Path) -> None:
 def test_class_filter_keeps_given_order(dataset: Path) -> None:
     report = scan_folder(dataset, classes=["gamma", "beta"])
     assert report.classes == ["gamma", "beta"]
-    assert report.counts() == {"gamma": 4, "beta": 6}
+    assert report.counts() == {"gamma": 4, "beta": 6}  # no alpha: no label conflict
     assert {s.label for s in report.samples if s.class_name == "gamma"} == {0}
     assert report.bad_files == []
 

@@ -170,6 +170,7 @@ class Model:
         ignore_unknown: bool = False,
         ood: str | os.PathLike[str] | None = None,
         robustness: bool = False,
+        variant: str | None = None,
         batch_size: int = 64,
         workers: int | None = None,
         device: str | None = None,
@@ -179,8 +180,10 @@ class Model:
         """Metrics, plots and ``report.md`` for ``data`` (default out: ``<run>/eval``).
 
         ``split``: ``test``/``val``/``train`` of the run's split, or ``all``; by default
-        the run's test split when ``data`` is the folder it was trained on.
-        ``ignore_unknown``: skip class folders the model does not know instead of failing.
+        the run's test split when ``data`` is the folder it was trained on (exactly: a
+        missing file is an error), a pre-split copy's test folder, else the images of
+        ``data`` the run did not train on. ``ignore_unknown``: skip class folders the model
+        does not know instead of failing. ``variant``: the variant folder of ``data``.
         ``ood``: a folder of images of none of the model's classes; adds AUROC, FPR at
         95 % TPR and abstain rates on both sets (``metrics["ood"]["ood_set"]``) and
         ``ood_histogram.png``. ``robustness``: macro-F1 and abstain rate under phone-photo
@@ -196,6 +199,7 @@ class Model:
             ignore_unknown=ignore_unknown,
             ood_dir=ood,
             robustness=robustness,
+            variant=variant,
             batch_size=batch_size,
             workers=workers,
             device=device,

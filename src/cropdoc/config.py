@@ -23,10 +23,13 @@ __all__ = [
     "RuntimeConfig",
     "StageConfig",
     "TrainConfig",
+    "RESUME_APPLIED",
+    "RESUME_OPTIONS",
     "TRAIN_OPTIONS",
     "load_config",
     "merge_overrides",
     "options_to_overrides",
+    "resume_conflicts",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -50,6 +53,23 @@ class DataConfig(_Strict):
     classes: list[str] | None = None
     max_pixels: int = Field(40_000_000, ge=1)
     balance: Literal["none", "loss", "sampler"] = "none"
+    variant: str | None = Field(
+        None, description="the image variant folder to read (color, grayscale, segmented)"
+    )
+    resplit: bool = Field(
+        False, description="pool a pre-split copy's folders and split them grouped by leaf"
+    )
+    label_conflicts: Literal["exclude", "keep"] = Field(
+        "exclude", description="byte-identical files filed under two classes"
+    )
+    cache: Literal["auto", "ram", "disk", "none"] = Field(
+        "auto",
+        description="decoded-image cache: RAM when it fits, else a memory-mapped file in "
+        "RUN/cache/ (auto); always ram or disk; none",
+    )
+    cache_max_mb: int | None = Field(
+        None, ge=0, description="bound of a RAM cache in MiB (None: 2 GiB or RAM/4)"
+    )
 
     @field_validator("split")
     @classmethod
@@ -235,6 +255,9 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "workers": ("data", "workers"),
     "balance": ("data", "balance"),
     "split": ("data", "split"),
+    "resplit": ("data", "resplit"),
+    "variant": ("data", "variant"),
+    "label_conflicts": ("data", "label_conflicts"),
     "classes": ("data", "classes"),
     "weight_decay": ("optim", "weight_decay"),
     "label_smoothing": ("optim", "label_smoothing"),
@@ -245,6 +268,71 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "seed": ("runtime", "seed"),
     "deterministic": ("runtime", "deterministic"),
 }
+
+
+#: The settings a resumed run takes from the new config: where and how it runs, never what
+#: it learns. Every other setting must equal the run's ``config.yaml`` or resume refuses
+#: (:func:`resume_conflicts`): a changed batch size, image size, stage length or learning
+#: rate would silently mix two recipes in one model. A changed device count is safe: the
+#: stage's learning-rate schedule is rebuilt at the same fraction of the stage.
+RESUME_APPLIED: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("runtime", "accelerator"),
+        ("runtime", "devices"),
+        ("runtime", "num_nodes"),
+        ("runtime", "strategy"),
+        ("runtime", "precision"),
+        ("runtime", "channels_last"),
+        ("runtime", "deterministic"),
+        ("data", "workers"),
+        ("data", "eval_batch_size"),
+        ("data", "cache"),
+        ("data", "cache_max_mb"),
+    }
+)
+
+
+#: The training options (:data:`TRAIN_OPTIONS`) ``--resume`` applies; all others must match.
+RESUME_OPTIONS: tuple[str, ...] = tuple(n for n, p in TRAIN_OPTIONS.items() if p in RESUME_APPLIED)
+
+
+def _leaves(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    out: dict[tuple[str, ...], Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, (*prefix, key)))
+        else:
+            out[(*prefix, key)] = value
+    return out
+
+
+def resume_conflicts(saved: TrainConfig, new: TrainConfig, *, applied: bool = False) -> list[str]:
+    """The settings ``new`` changes that a resumed run cannot apply, as readable items.
+
+    Each item names the option as the command line spells it (``--batch-size 64 (the run
+    has 32)``), or the config key for settings without one (``optim.eta_min``). With
+    ``applied``: the changes it does apply (:data:`RESUME_APPLIED`) instead.
+
+    >>> resume_conflicts(TrainConfig(), TrainConfig(data=DataConfig(batch_size=64)))
+    ['--batch-size 64 (the run has 32)']
+    """
+    flags = {path: "--" + name.replace("_", "-") for name, path in TRAIN_OPTIONS.items()}
+    old, now = _leaves(saved.model_dump(mode="json")), _leaves(new.model_dump(mode="json"))
+    items = []
+    for path in sorted(set(old) | set(now)):
+        if (path in RESUME_APPLIED) != applied or old.get(path) == now.get(path):
+            continue
+        name = flags.get(path, ".".join(path))
+        items.append(f"{name} {_shown(now.get(path))} (the run has {_shown(old.get(path))})")
+    return items
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "the default"
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
 
 
 def options_to_overrides(**options: Any) -> dict[str, Any]:

@@ -115,11 +115,13 @@ def run(bundle: Path, work: Path, *, huge_side: tuple[int, int] = (4000, 3000)) 
 
     root = work / "bad-images"
     table = kinds(huge_side)
-    for cls in ("a", "b"):
+    for k, cls in enumerate(("a", "b")):
         folder = root / cls
         folder.mkdir(parents=True, exist_ok=True)
-        for i in range(3):  # enough good images for the class to count
-            Image.fromarray(_photo(40, 40, seed=i)).save(folder / f"good{i}.jpg")
+        # Enough good images for the class to count; their own seeds, so no file of "a"
+        # is byte-identical to one of "b" (that is a label conflict, tested elsewhere).
+        for i in range(3):
+            Image.fromarray(_photo(40, 40, seed=10 * k + i)).save(folder / f"good{i}.jpg")
     payloads = {name: make() for name, (_, _, make) in table.items()}
     for name, (fname, _, _) in table.items():
         (root / "a" / fname).write_bytes(payloads[name])

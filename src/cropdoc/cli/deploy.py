@@ -62,6 +62,15 @@ DeviceOpt = Annotated[
     Device, typer.Option(help="Where the torch backend computes (auto: CUDA, MPS, CPU).")
 ]
 TopK = Annotated[int, typer.Option("--top-k", help="Classes per image.", metavar="K")]
+DiseasesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--diseases",
+        metavar="FILE",
+        help="Disease table (JSON/YAML, the format of cropdoc's resources/diseases.json) "
+        "to use instead of the packaged one, e.g. an extension service's own advice.",
+    ),
+]
 
 # Exporter and quantizer internals log at INFO; users need our summary, not theirs.
 _NOISY = (
@@ -143,10 +152,18 @@ def _progress(total: int):
     return bar, lambda done, _total: bar.update(task, completed=done)
 
 
-def _print_results(results, *, top_k: int, as_json: bool, as_csv: bool) -> None:
+def _disease(r, table) -> Any:
+    """The disease information of a result's best class (None: an error, or abstained)."""
+    if r.best is None or getattr(r, "abstain", False):
+        return None
+    return table.info(r.best.name)
+
+
+def _print_results(results, *, top_k: int, as_json: bool, as_csv: bool, table) -> None:
     if as_json:
         for r in results:
-            typer.echo(json.dumps(r.to_dict()))
+            info = _disease(r, table)
+            typer.echo(json.dumps({**r.to_dict(), "disease": info and info.to_dict()}))
         return
     if as_csv:
         writer = csv.writer(sys.stdout)
@@ -173,6 +190,11 @@ def _print_results(results, *, top_k: int, as_json: bool, as_csv: bool) -> None:
         others = ", ".join(f"{s.label} {s.probability:.1%}" for s in r.top[1:])
         line = f"{r.source}  [bold]{r.best.label}[/] {r.best.probability:.1%}"
         out.print(line + (f"  ({others})" if others else ""), highlight=False, soft_wrap=True)
+        info = _disease(r, table)
+        if info is not None and info.known and not info.healthy and info.management:
+            out.print(
+                f"    {info.severity} risk; {info.management[0]}", highlight=False, soft_wrap=True
+            )
 
 
 @app.command()
@@ -200,18 +222,22 @@ def predict(
         ),
     ] = None,
     max_pixels: MaxPixelsOpt = None,
+    diseases: DiseasesOpt = None,
 ) -> None:
     """Predict the disease in leaf photos; a bad file gets an error entry, the rest continue.
 
     Every result carries ood_score (higher = less like the training photos) and abstain
     (true: not one of the model's crops/diseases, or not a clear leaf photo; a bundle
-    without a fitted OOD score never abstains). Exits with 1 only when no image could be
-    predicted.
+    without a fitted OOD score never abstains). --json adds each image's disease
+    information (crop, pathogen, symptoms, management, severity) from the packaged table
+    or --diseases FILE. Exits with 1 only when no image could be predicted.
     """
+    from ..diseases import disease_table
     from ..inference import collect_images
 
     if as_json and as_csv:
         raise typer.BadParameter("choose one of --json and --csv")
+    table = disease_table(diseases)  # a bad file fails before the model loads
     images = collect_images(paths)
     if not images:
         raise typer.BadParameter("no images found in the given paths")
@@ -228,7 +254,7 @@ def predict(
     finally:
         if bar is not None:
             bar.stop()
-    _print_results(results, top_k=top_k, as_json=as_json, as_csv=as_csv)
+    _print_results(results, top_k=top_k, as_json=as_json, as_csv=as_csv, table=table)
     if explain is not None:
         written = _write_explanations(bundle, results, explain, predictor.max_pixels)
         console.print(f"wrote {written} heatmap(s) to {explain}", highlight=False)
@@ -418,6 +444,7 @@ def serve(
     ] = None,
     top_k: TopK = 3,
     max_pixels: MaxPixelsOpt = None,
+    diseases: DiseasesOpt = None,
 ) -> None:
     """Serve a JSON API (/predict, /model, /health, /docs) and a web page at /.
 
@@ -425,6 +452,9 @@ def serve(
     POST /predict?explain=true adds a Grad-CAM overlay (PNG, base64). The page shrinks
     large photos before upload and shows the overlay beside the photo.
     """
+    from ..diseases import disease_table
+
+    disease_table(diseases)  # validated once here, before any model or worker starts
     try:
         from ..serve import ServeSettings, plan_processes, run_server
     except ImportError as e:
@@ -435,6 +465,7 @@ def serve(
 
     settings = ServeSettings(
         top_k=top_k,
+        diseases=str(diseases.resolve()) if diseases is not None else None,
         **_given(
             max_upload_mb=max_upload_mb,
             max_files=max_files,

@@ -36,7 +36,11 @@ def evaluate(
         typer.Argument(metavar="MODEL", help="Model bundle (RUN/model) or its run directory."),
     ],
     data: Annotated[
-        Path, typer.Argument(metavar="DATA", help="Dataset folder: one sub-folder per class.")
+        Path,
+        typer.Argument(
+            metavar="DATA",
+            help="Dataset folder: one sub-folder per class, or a pre-split copy.",
+        ),
     ],
     out_dir: Annotated[
         Path,
@@ -50,8 +54,9 @@ def evaluate(
     split: Annotated[
         opts.EvalSplit | None,
         typer.Option(
-            help="Default: the run's test split when DATA is its training folder, else every "
-            "image in DATA."
+            help="Default: the run's test split when DATA is its training folder (exactly: "
+            "a missing file is an error), a pre-split copy's test folder, else the images "
+            "of DATA the run did not train on. all: every image in DATA."
         ),
     ] = None,
     split_file: Annotated[
@@ -82,6 +87,14 @@ def evaluate(
             "severities: robustness.json, robustness.png, a report section.",
         ),
     ] = False,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="Read this variant folder when DATA holds several (color, grayscale, "
+            "segmented).",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,
     workers: opts.WorkersOpt = None,
     device: opts.DeviceOpt = None,
@@ -97,6 +110,7 @@ def evaluate(
         ignore_unknown=ignore_unknown,
         ood=ood,
         robustness=robustness,
+        variant=variant,
         batch_size=batch_size,
         workers=workers,
         device=device.value if device else None,
@@ -125,6 +139,9 @@ def evaluate(
     table.add_row("bad files skipped", str(m["n_bad_files"]))
     if m.get("skipped_unknown_images"):
         table.add_row("unknown-class images skipped", str(m["skipped_unknown_images"]))
+    if m.get("seen_in_training_images"):
+        kept = "scored" if m["split"] == "all" else "left out"
+        table.add_row(f"seen in training ({kept})", str(m["seen_in_training_images"]))
     out.print(table)
     _print_ood(m.get("ood") or {})
     worst = sorted(

@@ -27,6 +27,7 @@ import typer
 from typer.core import TyperCommand, TyperOption
 
 from ..config import (
+    RESUME_OPTIONS,
     TRAIN_OPTIONS,
     DataConfig,
     RuntimeConfig,
@@ -42,8 +43,10 @@ __all__ = [
     "Device",
     "DeviceOpt",
     "EvalSplit",
+    "LabelConflicts",
     "LateHelp",
     "Precision",
+    "RESUME_FLAGS",
     "Recipe",
     "TrainingOptions",
     "WorkersOpt",
@@ -61,9 +64,6 @@ _PANEL = "Training options"
 #: Set by torchrun and by Fabric's launcher in each rank: every rank runs this
 #: command on its own, so none may pick a different ``--out`` than the others.
 _RANK_ENV = ("LOCAL_RANK", "RANK", "WORLD_SIZE")
-#: What ``--resume`` takes from the command line; the run keeps its recipe, data settings
-#: and seed (``cropdoc.training``), so the other options would be ignored.
-_APPLIED_ON_RESUME = frozenset({"device", "devices", "precision", "deterministic"})
 
 
 def _choices(name: str, model: type, key: str) -> type[StrEnum]:
@@ -75,6 +75,7 @@ def _choices(name: str, model: type, key: str) -> type[StrEnum]:
 Recipe = _choices("Recipe", TrainConfig, "recipe")
 Precision = _choices("Precision", RuntimeConfig, "precision")
 Balance = _choices("Balance", DataConfig, "balance")
+LabelConflicts = _choices("LabelConflicts", DataConfig, "label_conflicts")
 
 
 class Device(StrEnum):
@@ -169,7 +170,34 @@ class TrainingOptions:
     ] = None
     split: Annotated[
         str | None,
-        _opt(metavar="TRAIN,VAL,TEST", help="Split ratios (a pre-split copy keeps its own)."),
+        _opt(
+            metavar="TRAIN,VAL,TEST",
+            help="Split ratios (a pre-split copy keeps its own; a split it lacks is carved "
+            "from its train folder at these ratios).",
+        ),
+    ] = None
+    resplit: Annotated[
+        bool | None,
+        _opt(
+            "--resplit/--no-resplit",
+            help="Pre-split DATA (train/ val/ test/): pool its folders and split them "
+            "grouped by leaf instead of using the split it ships with.",
+        ),
+    ] = None
+    variant: Annotated[
+        str | None,
+        _opt(
+            metavar="NAME",
+            help="Read this variant folder of DATA when it holds several (color, grayscale, "
+            "segmented: PlantVillage's raw/ folder).",
+        ),
+    ] = None
+    label_conflicts: Annotated[
+        LabelConflicts | None,
+        _opt(
+            help="Byte-identical files filed under two classes: exclude them from training "
+            "and evaluation (default), or keep them.",
+        ),
     ] = None
     classes: Annotated[
         str | None, _opt(metavar="NAMES", help="Only these class folders (comma-separated).")
@@ -229,13 +257,15 @@ class TrainingOptions:
         get_arch(config.arch)
         return config
 
-    def ignored_on_resume(self) -> list[str]:
-        """The options given that ``--resume`` does not apply, as flags."""
-        return [_flag(n) for n in self.given() if n not in _APPLIED_ON_RESUME]
-
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+#: The options ``--resume`` applies, as flags: derived from the library's one rule
+#: (``cropdoc.config.RESUME_APPLIED``); any other option that differs from the run's
+#: ``config.yaml`` is refused by ``cropdoc.training``.
+RESUME_FLAGS: tuple[str, ...] = tuple(_flag(n) for n in RESUME_OPTIONS)
 
 
 def _numbers(kind: type, n: int | None = None) -> Callable[[str], list[Any]]:

@@ -66,7 +66,8 @@ def train(
         Path | None,
         typer.Argument(
             metavar="DATA",
-            help="Dataset folder (one sub-folder per class). Optional with --resume.",
+            help="Dataset folder: one sub-folder per class, or a pre-split copy (train/ "
+            "val/ test/). Optional with --resume.",
             show_default=False,
         ),
     ] = None,
@@ -81,7 +82,13 @@ def train(
     ] = Path("runs/train"),
     arch: opts.Arch = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the interrupted run in --out.")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the interrupted run in --out. Only "
+            f"{', '.join(opts.RESUME_FLAGS)} may change; any other option that differs "
+            "from the run's config.yaml is refused.",
+        ),
     ] = False,
     exist_ok: Annotated[
         bool,
@@ -97,14 +104,9 @@ def train(
     """Train a classifier with the three-stage transfer-learning recipe."""
     # A resumed run starts from its own config.yaml, so only the options given now change
     # it: from the defaults, the runtime would silently switch e.g. fp32 to bf16.
+    # The library refuses a resume with a changed recipe, naming the option
+    # (cropdoc.config.RESUME_APPLIED says which options may change).
     config = training.to_config(arch=arch, fallback=out_dir / "config.yaml" if resume else None)
-    if resume:
-        ignored = training.ignored_on_resume() + (["--arch"] if arch else [])
-        if ignored:
-            _logger.warning(
-                "--resume keeps the run's recipe, data settings and seed; ignoring %s",
-                ", ".join(ignored),
-            )
     run_dir = opts.run_dir_for(out_dir, resume=resume, exist_ok=exist_ok)
     if config.runtime.devices * config.runtime.num_nodes > 1:
         sys.argv = opts.pin_out(sys.argv, run_dir)

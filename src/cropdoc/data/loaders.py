@@ -21,11 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from ..cpu import default_workers
 from ..errors import DataError
-from .cache import DecodedCache
+from .cache import CacheStorage, DecodedCache
 from .images import DEFAULT_MAX_PIXELS, load_tensor
 
 __all__ = ["ImageDataset", "class_weights", "make_loader"]
@@ -43,7 +43,11 @@ class ImageDataset(Dataset):
         cache_short_side: when set, decode every image once now into a shared-memory
             :class:`DecodedCache`, shrunk to this shorter side (pass the eval resize size,
             ``round(1.14 * S)``: eval pixels stay identical). None: decode on every access.
-        cache_max_bytes: bound of that cache (default: 2 GiB or a quarter of the RAM).
+        cache_max_bytes: bound of a RAM cache (default: 2 GiB or a quarter of the RAM).
+        cache_dir: where a disk-backed cache may live (a run's ``cache/``): used when the
+            images would not fit ``cache_max_bytes`` (``cache_storage="auto"``), or always
+            with ``"disk"``; reused by a later dataset over the same files.
+        cache_storage: ``auto``, ``ram``, ``disk`` or ``none`` (no cache at all).
     """
 
     def __init__(
@@ -54,17 +58,21 @@ class ImageDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         cache_short_side: int | None = None,
         cache_max_bytes: int | None = None,
+        cache_dir: Path | None = None,
+        cache_storage: CacheStorage = "auto",
     ) -> None:
         self.samples = [(Path(p), int(y)) for p, y in samples]
         self.transform = transform
         self.max_pixels = max_pixels
         self.cache: DecodedCache | None = None
-        if cache_short_side is not None and self.samples:
+        if cache_short_side is not None and self.samples and cache_storage != "none":
             self.cache = DecodedCache(
                 [p for p, _ in self.samples],
                 cache_short_side,
                 max_bytes=cache_max_bytes,
                 max_pixels=max_pixels,
+                disk_dir=cache_dir,
+                storage=cache_storage,
             )
 
     def __len__(self) -> int:
@@ -105,11 +113,16 @@ def make_loader(
     workers: int | None = None,
     balance_sampler: bool = False,
     num_classes: int | None = None,
+    shard: tuple[int, int] | None = None,
+    shuffle_seed: int = 0,
 ) -> DataLoader:
     """A DataLoader: train is shuffled (or class-balanced) with drop_last; eval is ordered.
 
     Shuffling draws from torch's global RNG, which the trainer reseeds every epoch, so an
-    epoch's order is the same whether the run was interrupted and resumed or not.
+    epoch's order is the same whether the run was interrupted and resumed or not. With
+    ``shard=(rank, world_size)`` the train loader reads its rank's share through a
+    ``DistributedSampler`` seeded with ``shuffle_seed`` (every rank must draw the same
+    permutation, so it cannot use the per-rank global RNG).
     """
     workers = default_workers() if workers is None else workers
     sampler = None
@@ -118,7 +131,12 @@ def make_loader(
         per_class = class_weights(dataset.labels, n)
         weights = per_class[torch.tensor(dataset.labels)].double()
         sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
-    drop_last = train and len(dataset) > batch_size
+    elif train and shard is not None:
+        rank, world = shard
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=True, seed=shuffle_seed
+        )
+    drop_last = train and (len(sampler) if sampler is not None else len(dataset)) > batch_size
     return DataLoader(
         dataset,
         batch_size=batch_size,

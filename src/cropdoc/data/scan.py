@@ -1,9 +1,12 @@
-"""Scan a folder-per-class dataset (PlantVillage layout) into a :class:`ScanReport`.
+"""Scan a dataset folder into a :class:`ScanReport`: classes, good images, what was left out.
 
-Every candidate file is hashed and fully decoded once, up front: a broken image found
-here is a line in a report; found in epoch 7 it is a crashed run. Bad files are listed,
-never silently skipped or replaced, and byte-identical duplicates are reported so the
-split can keep them together.
+The layout is read first (:mod:`cropdoc.data.layout`: one folder per class, a pre-split
+copy, variants, a lone wrapper folder); then every candidate file is hashed and fully
+decoded once, up front: a broken image found here is a line in a report; found in epoch 7
+it is a crashed run. Nothing is silently skipped or replaced: bad files, nested copies and
+byte-identical files filed under two classes (label conflicts, left out by default) are
+listed in the report, and :meth:`ScanReport.problems` sums them up in one line per kind,
+so a download with 20,000 conflicts gives one warning, not 20,000.
 """
 
 from __future__ import annotations
@@ -12,23 +15,27 @@ import hashlib
 import json
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from ..classnames import class_key
 from ..errors import DataError
 from ..io import atomic_write_json
 from .images import DEFAULT_MAX_PIXELS, SUPPORTED_EXTENSIONS, BadImageError, check_image
+from .layout import ClassFolder, Layout, Walk, detect_layout, select_classes, walk_class
+from .problems import Problem, find_problems
 
-__all__ = ["BadFile", "Sample", "ScanReport", "scan_folder"]
+__all__ = ["BadFile", "LayoutSummary", "Problem", "Sample", "ScanReport", "scan_folder"]
 
 logger = logging.getLogger(__name__)
 
-_FORMAT_VERSION = 1
-_LAYOUT_HINT = "expected one sub-folder per class, e.g. DATA/Tomato___healthy/leaf1.jpg"
+_FORMAT_VERSION = 2  # 2: layout, notes, label conflicts and each sample's shipped split
+
+LabelConflicts = Literal["exclude", "keep"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,7 @@ class Sample:
     sha256: str
     width: int
     height: int
+    split: str | None = None  # the split a pre-split copy filed it under
 
 
 @dataclass(frozen=True)
@@ -51,18 +59,40 @@ class BadFile:
     reason: str
 
 
+@dataclass(frozen=True)
+class LayoutSummary:
+    """How the folder was read (``scan_report.json`` keeps it for the split and evaluation)."""
+
+    kind: str = "classes"  # "classes" | "pre-split"
+    split_folders: dict[str, str] = field(default_factory=dict)  # split -> folder name
+    variant: str | None = None
+    wrapper: str | None = None
+
+    @classmethod
+    def of(cls, layout: Layout) -> LayoutSummary:
+        return cls(layout.kind, dict(layout.split_folders), layout.variant, layout.wrapper)
+
+
 @dataclass
 class ScanReport:
-    """What a dataset folder holds: classes, good images, bad files.
+    """What a dataset folder holds: classes, good images, bad files, what was left out.
 
     ``classes`` fixes the label of each class (its index); ``samples`` is sorted by
-    (label, relative path) so two scans of the same folder are identical.
+    (label, path) so two scans of the same folder are identical. ``notes`` lists what the
+    layout left out, by kind (``nested_copies``, ``copy_folders``, ``loose_images``,
+    ``unknown_split_classes``, ``ignored_folders``, ``merged_folders``), as paths relative
+    to ``root``; ``label_conflicts`` holds the groups of byte-identical files found under
+    different classes (left out of ``samples`` unless the scan kept them).
     """
 
     root: Path
     classes: list[str]
     samples: list[Sample]
     bad_files: list[BadFile] = field(default_factory=list)
+    layout: LayoutSummary = field(default_factory=LayoutSummary)
+    notes: dict[str, list[str]] = field(default_factory=dict)
+    label_conflicts: list[list[str]] = field(default_factory=list)
+    conflicts_kept: bool = False
 
     def counts(self) -> dict[str, int]:
         """Good images per class, in class order."""
@@ -83,31 +113,36 @@ class ScanReport:
         """``path`` relative to ``root``, POSIX style (how reports and manifests store it)."""
         return path.relative_to(self.root).as_posix()
 
+    def problems(self) -> list[Problem]:
+        """One :class:`Problem` per kind (count, a few examples, one readable line)."""
+        return find_problems(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; paths relative to ``root`` so the folder can move."""
         return {
             "version": _FORMAT_VERSION,
             "root": str(self.root),
+            "layout": {
+                "kind": self.layout.kind,
+                "split_folders": dict(self.layout.split_folders),
+                "variant": self.layout.variant,
+                "wrapper": self.layout.wrapper,
+            },
             "classes": list(self.classes),
             "counts": self.counts(),
             "n_images": len(self.samples),
             "n_bad_files": len(self.bad_files),
-            "samples": [
-                {
-                    "path": self.relative(s.path),
-                    "label": s.label,
-                    "sha256": s.sha256,
-                    "width": s.width,
-                    "height": s.height,
-                }
-                for s in self.samples
-            ],
+            "problems": [p.to_dict() for p in self.problems()],
+            "samples": [_sample_dict(self, s) for s in self.samples],
             "bad_files": [
                 {"path": self.relative(b.path), "reason": b.reason} for b in self.bad_files
             ],
             "duplicate_groups": [
                 [self.relative(p) for p in group] for group in self.duplicate_groups()
             ],
+            "label_conflicts": [list(g) for g in self.label_conflicts],
+            "label_conflicts_kept": self.conflicts_kept,
+            "notes": {k: list(v) for k, v in self.notes.items()},
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -121,155 +156,198 @@ class ScanReport:
         try:
             base = Path(root) if root is not None else Path(data["root"])
             classes = [str(c) for c in data["classes"]]
-            samples = [
-                Sample(
-                    path=base / s["path"],
-                    label=int(s["label"]),
-                    class_name=classes[int(s["label"])],
-                    sha256=str(s["sha256"]),
-                    width=int(s["width"]),
-                    height=int(s["height"]),
-                )
-                for s in data["samples"]
-            ]
+            samples = [_sample_from(base, classes, s) for s in data["samples"]]
             bad = [BadFile(base / b["path"], str(b["reason"])) for b in data["bad_files"]]
-        except (KeyError, IndexError, TypeError, ValueError) as e:
+            layout = data.get("layout") or {}
+            summary = LayoutSummary(
+                kind=str(layout.get("kind", "classes")),
+                split_folders={str(k): str(v) for k, v in layout.get("split_folders", {}).items()},
+                variant=layout.get("variant"),
+                wrapper=layout.get("wrapper"),
+            )
+            notes = {str(k): [str(x) for x in v] for k, v in data.get("notes", {}).items()}
+            conflicts = [[str(x) for x in g] for g in data.get("label_conflicts", [])]
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
             raise DataError(
                 f"scan report {path} is malformed ({type(e).__name__}: {e}); "
                 "delete it and scan the data folder again"
             ) from e
-        return cls(root=base, classes=classes, samples=samples, bad_files=bad)
+        return cls(
+            root=base,
+            classes=classes,
+            samples=samples,
+            bad_files=bad,
+            layout=summary,
+            notes=notes,
+            label_conflicts=conflicts,
+            conflicts_kept=bool(data.get("label_conflicts_kept", False)),
+        )
+
+
+def _sample_dict(report: ScanReport, s: Sample) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "path": report.relative(s.path),
+        "label": s.label,
+        "sha256": s.sha256,
+        "width": s.width,
+        "height": s.height,
+    }
+    if s.split is not None:
+        d["split"] = s.split
+    return d
+
+
+def _sample_from(base: Path, classes: list[str], s: dict[str, Any]) -> Sample:
+    split = s.get("split")
+    return Sample(
+        path=base / s["path"],
+        label=int(s["label"]),
+        class_name=classes[int(s["label"])],
+        sha256=str(s["sha256"]),
+        width=int(s["width"]),
+        height=int(s["height"]),
+        split=None if split is None else str(split),
+    )
 
 
 def scan_folder(
     root: str | os.PathLike[str],
     *,
     classes: Sequence[str] | None = None,
+    variant: str | None = None,
+    label_conflicts: LabelConflicts = "exclude",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_images_per_class: int = 3,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScanReport:
-    """Scan a folder with one sub-folder per class and validate every image in it.
+    """Read a dataset folder's layout and validate every image in it.
 
     Args:
-        root: the dataset folder; each non-hidden sub-folder is a class (its name is the
-            class name) and may hold images at any depth.
+        root: the dataset folder: one sub-folder per class (its name is the class name,
+            images at any depth below it), or a pre-split copy (``train/``, ``val/`` or
+            ``valid/``, ``test/``, each with class folders); see :mod:`.layout`.
         classes: keep only these classes, in this order (their labels are their positions,
             so a model's class list can be passed to line labels up). ``None``: all class
             folders, sorted by name.
+        variant: the variant folder to read when ``root`` holds several (``color``, ...).
+        label_conflicts: ``exclude`` (default) leaves byte-identical files filed under two
+            classes out of ``samples`` (their label is unknowable); ``keep`` keeps them.
         max_pixels: images declaring more pixels are reported as bad, not decoded.
         min_images_per_class: fewer good images than this in a class is an error.
         progress: called as ``progress(done, total)`` in the calling thread as images finish.
 
     Returns:
-        The report; bad files are listed in it, not raised.
+        The report; bad files and everything left out are listed in it, not raised.
 
     Raises:
-        DataError: the folder is missing or not a folder, has no class folders, a class is
-            unknown, or a class has no or too few good images.
+        DataError: the folder is missing or not a folder, has no class folders, holds
+            variants and none was chosen, a class is unknown, or a class has no or too few
+            good images.
 
     >>> report = scan_folder("data/plantvillage")  # doctest: +SKIP
     >>> report.counts()  # doctest: +SKIP
+    >>> for problem in report.problems(): print(problem.message)  # doctest: +SKIP
     """
-    root_path = _check_root(Path(root).expanduser())
-    class_dirs = _class_dirs(root_path, classes)
-    class_names = list(class_dirs)
-
-    jobs: list[tuple[int, Path]] = []
-    bad: dict[Path, str] = {}
-    for label, folder in enumerate(class_dirs.values()):
-        for path in _walk_files(folder):
-            if path.suffix.lower() in SUPPORTED_EXTENSIONS:
-                jobs.append((label, path))
-            else:
-                suffix = path.suffix
-                bad[path] = f"unsupported extension '{suffix}'" if suffix else "no file extension"
-
-    results = _inspect_all([path for _, path in jobs], max_pixels, progress)
+    layout = detect_layout(root, variant=variant)
+    class_names, walks, notes = _walk_all(layout, select_classes(layout, classes))
+    jobs, bad, bad_class = _jobs(class_names, walks)
+    results = _inspect_all([path for _, path, _ in jobs], max_pixels, progress)
     samples: list[Sample] = []
-    for (label, path), result in zip(jobs, results, strict=True):
+    for (label, path, split), result in zip(jobs, results, strict=True):
         if isinstance(result, str):
-            bad[path] = result
+            bad[path], bad_class[path] = result, class_names[label]
         else:
             sha, (width, height) = result
-            samples.append(Sample(path, label, class_names[label], sha, width, height))
-
-    bad_files = [BadFile(p, bad[p]) for p in sorted(bad, key=lambda p: p.relative_to(root_path))]
-    report = ScanReport(root=root_path, classes=class_names, samples=samples, bad_files=bad_files)
-    _check_counts(report, min_images_per_class)
-    _warn_label_conflicts(report)
+            samples.append(Sample(path, label, class_names[label], sha, width, height, split))
+    samples.sort(key=lambda s: (s.label, s.path))
+    conflicts, conflicting = _label_conflicts(samples, layout.root)
+    excluded: Counter[str] = Counter()
+    if label_conflicts == "exclude":
+        excluded.update(s.class_name for s in samples if s.path in conflicting)
+        samples = [s for s in samples if s.path not in conflicting]
+    order = sorted(bad, key=lambda p: p.relative_to(layout.root))
+    report = ScanReport(
+        root=layout.root,
+        classes=class_names,
+        samples=samples,
+        bad_files=[BadFile(p, bad[p]) for p in order],
+        layout=LayoutSummary.of(layout),
+        notes=notes,
+        label_conflicts=conflicts,
+        conflicts_kept=label_conflicts == "keep",
+    )
+    _check_counts(report, min_images_per_class, bad_class, excluded)
     logger.info(
-        "scanned %s: %d classes, %d good images, %d bad files, %d duplicate groups",
-        root_path,
+        "scanned %s (%s): %d classes, %d good images, %d bad files, %d duplicate groups, "
+        "%d kind(s) of problem",
+        layout.root,
+        layout.describe(),
         len(class_names),
-        len(samples),
-        len(bad_files),
+        len(report.samples),
+        len(report.bad_files),
         len(report.duplicate_groups()),
+        len(report.problems()),
     )
     return report
 
 
-def _check_root(root: Path) -> Path:
-    if not root.exists():
-        raise DataError(f"data folder {root} does not exist; check the path ({_LAYOUT_HINT})")
-    if not root.is_dir():
-        raise DataError(
-            f"data path {root} is a file, not a folder; pass the folder that holds one "
-            f"sub-folder per class ({_LAYOUT_HINT})"
-        )
-    return root.resolve()
+def _walk_all(
+    layout: Layout, wanted: list[str]
+) -> tuple[list[str], list[tuple[ClassFolder, Walk]], dict[str, list[str]]]:
+    """Walk the wanted class folders; a class folder holding nothing but nested copies of
+    other classes (``DATA/PlantVillage/<every class>``) is no class, and is left out."""
+    keys = {c: class_key(c) for c in layout.classes}
+    every = frozenset(k for k in keys.values() if k)
+    walks = [
+        (f, walk_class(f.path, every - {keys[f.name]})) for f in layout.folders if f.name in wanted
+    ]
+    notes = {k: list(v) for k, v in layout.notes.items()}
+    nested = [p.relative_to(layout.root).as_posix() for _, w in walks for p in w.nested]
+    if nested:
+        notes["nested_copies"] = nested
+    by_class: dict[str, list[Walk]] = defaultdict(list)
+    for f, w in walks:
+        by_class[f.name].append(w)
+    copies = [
+        c
+        for c in wanted
+        if any(w.nested for w in by_class[c]) and not any(w.files or w.broken for w in by_class[c])
+    ]
+    if copies:
+        notes["copy_folders"] = copies
+    kept = [c for c in wanted if c not in copies]
+    return kept, [(f, w) for f, w in walks if f.name in kept], notes
 
 
-def _class_dirs(root: Path, wanted: Sequence[str] | None) -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    loose: list[str] = []
-    for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            found[entry.name] = entry
-        else:
-            loose.append(entry.name)
-    # Images at the top level are probably misplaced (they would silently miss training);
-    # other files there (README, SHA256SUMS, ...) are normal, so they only get an info line.
-    images = [name for name in loose if Path(name).suffix.lower() in SUPPORTED_EXTENSIONS]
-    for level, names in (
-        (logging.WARNING, images),
-        (logging.INFO, sorted(set(loose) - set(images))),
-    ):
-        if names:
-            logger.log(
-                level,
-                "ignoring %d file(s) directly in %s (only class sub-folders are read): %s",
-                len(names),
-                root,
-                ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
-            )
-    if not found:
-        raise DataError(f"no class folders in {root}; {_LAYOUT_HINT}")
-    if wanted is None:
-        return found
-    wanted = list(wanted)
-    if not wanted:
-        raise DataError("the class filter is empty; pass at least one class name or none")
-    repeated = sorted({c for c in wanted if wanted.count(c) > 1})
-    if repeated:
-        raise DataError(f"class filter names {repeated} more than once; list each class once")
-    unknown = [c for c in wanted if c not in found]
-    if unknown:
-        raise DataError(
-            f"unknown class(es) {unknown} in the class filter; available in {root}: {sorted(found)}"
-        )
-    return {name: found[name] for name in wanted}
+def _jobs(
+    class_names: list[str], walks: list[tuple[ClassFolder, Walk]]
+) -> tuple[list[tuple[int, Path, str | None]], dict[Path, str], dict[Path, str]]:
+    """Images to decode as (label, path, split); other files are bad, with their class."""
+    label_of = {c: i for i, c in enumerate(class_names)}
+    jobs: list[tuple[int, Path, str | None]] = []
+    bad: dict[Path, str] = {}
+    bad_class: dict[Path, str] = {}
+    for folder, walk in walks:
+        for path in walk.broken:
+            bad[path], bad_class[path] = "broken symbolic link", folder.name
+        for path in walk.files:
+            if path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                jobs.append((label_of[folder.name], path, folder.split))
+                continue
+            suffix = path.suffix
+            bad[path] = f"unsupported extension '{suffix}'" if suffix else "no file extension"
+            bad_class[path] = folder.name
+    return jobs, bad, bad_class
 
 
-def _walk_files(folder: Path) -> list[Path]:
-    """Non-hidden files under ``folder`` at any depth, in a stable order."""
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath, f) for f in filenames if not f.startswith("."))
-    return sorted(files)
+def _label_conflicts(samples: list[Sample], root: Path) -> tuple[list[list[str]], set[Path]]:
+    """Groups of byte-identical images filed under more than one class, and their paths."""
+    by_hash: dict[str, list[Sample]] = defaultdict(list)
+    for s in samples:
+        by_hash[s.sha256].append(s)
+    groups = [g for g in by_hash.values() if len({s.label for s in g}) > 1]
+    conflicts = sorted(sorted(s.path.relative_to(root).as_posix() for s in g) for g in groups)
+    return conflicts, {s.path for g in groups for s in g}
 
 
 def _inspect_file(path: Path, max_pixels: int) -> tuple[str, tuple[int, int]] | str:
@@ -302,37 +380,37 @@ def _inspect_all(
     return results
 
 
-def _check_counts(report: ScanReport, min_images: int) -> None:
+def _check_counts(
+    report: ScanReport, min_images: int, bad_class: dict[Path, str], excluded: Counter[str]
+) -> None:
+    """A class too small to train or score is an error that says why it is small: bad
+    files, or label conflicts left out (those are not bad files, so they are named apart)."""
     bad_per_class: dict[str, int] = dict.fromkeys(report.classes, 0)
-    for b in report.bad_files:
-        bad_per_class[b.path.relative_to(report.root).parts[0]] += 1
+    for name in bad_class.values():
+        bad_per_class[name] += 1
+
+    def why(name: str) -> str:
+        text = f"{bad_per_class[name]} bad files"
+        if excluded[name]:
+            text += f", {excluded[name]} left out as label conflicts"
+        return text
+
     problems = []
     for name, count in report.counts().items():
         if count == 0:
-            problems.append(
-                f"class folder '{name}' has no usable images ({bad_per_class[name]} bad files)"
-            )
+            problems.append(f"class folder '{name}' has no usable images ({why(name)})")
         elif count < min_images:
             problems.append(
                 f"class '{name}' has {count} good image(s), fewer than the minimum of "
-                f"{min_images} ({bad_per_class[name]} bad files)"
+                f"{min_images} ({why(name)})"
             )
     if problems:
+        keep = any(excluded.values())
+        hint = ", keep label conflicts with --label-conflicts keep" if keep else ""
         raise DataError(
-            "; ".join(problems) + ". Add images, fix the bad files (see the scan report), "
-            "or leave the class out with a class filter"
+            "; ".join(problems) + ". Add images, fix the bad files (see the scan report)"
+            f"{hint}, or leave the class out with a class filter"
         )
-
-
-def _warn_label_conflicts(report: ScanReport) -> None:
-    for group in report.duplicate_groups():
-        folders = {report.relative(p).split("/")[0] for p in group}
-        if len(folders) > 1:
-            logger.warning(
-                "label conflict: identical image in classes %s: %s",
-                sorted(folders),
-                ", ".join(report.relative(p) for p in group),
-            )
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:

@@ -1,10 +1,15 @@
-"""Stratified, leaf-grouped train/val/test split, persisted as ``split.json``.
+"""Stratified, leaf-grouped train/val/test split (or the one a dataset ships), as ``split.json``.
 
 PlantVillage photographed many leaves more than once (``GHLB_PS Leaf 2.2 Day 3`` and
 ``... Day 8`` are one leaf) and holds byte-identical copies. A random per-image split puts
 the same leaf in train and test and inflates test accuracy, so images are first grouped
 (leaf id from the file name, plus identical bytes, joined with union-find) and whole groups
 are assigned to splits, class by class, as close to the requested ratios as groups allow.
+
+A pre-split copy (``train/ valid/ test/``) keeps the split it ships with, so results
+compare with others' on it; a split it lacks is carved out of its train folder, grouped.
+Leaves found in two shipped splits are counted and warned about (``--resplit`` pools the
+folders and splits them grouped instead).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import os
 import random
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +35,7 @@ __all__ = [
     "SplitManifest",
     "group_keys",
     "make_split",
+    "shipped_split",
 ]
 
 logger = logging.getLogger(__name__)
@@ -173,8 +179,12 @@ def make_split(
     ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
     seed: int = 42,
     group_pattern: str = DEFAULT_GROUP_PATTERN,
+    shipped: bool = True,
 ) -> SplitManifest:
     """Split a scanned dataset into train/val/test, stratified by class, grouped by leaf.
+
+    A pre-split copy keeps its own split when ``shipped`` (see :func:`shipped_split`);
+    ``shipped=False`` pools its folders and splits them as below.
 
     Per class, groups are shuffled with a seed derived from ``seed`` and the class name
     (so a class's split does not change when other classes are added), then placed
@@ -191,6 +201,8 @@ def make_split(
     >>> manifest.save("runs/x/split.json")  # doctest: +SKIP
     """
     ratios = _check_ratios(ratios)
+    if shipped and report.layout.kind == "pre-split":
+        return shipped_split(report, ratios=ratios, seed=seed, group_pattern=group_pattern)
     keys = group_keys(report, group_pattern=group_pattern)
 
     # Each group lives in the class holding most of its images (ties: lowest label);
@@ -227,7 +239,7 @@ def make_split(
     for i, sample in enumerate(report.samples):
         splits[SPLITS[assignment[keys[i]]]].append((report.relative(sample.path), sample.label))
 
-    stats = _stats(report, groups, splits, warnings_)
+    stats = {"source": "grouped", **_stats(report, groups, splits, warnings_)}
     logger.info(
         "split %d images in %d groups: %s",
         stats["n_images"],
@@ -243,6 +255,108 @@ def make_split(
         splits=splits,
         stats=stats,
     )
+
+
+def shipped_split(
+    report: ScanReport,
+    *,
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 42,
+    group_pattern: str = DEFAULT_GROUP_PATTERN,
+) -> SplitManifest:
+    """The split a pre-split copy ships with (each sample's ``split``).
+
+    A val or test folder the copy lacks (or one left empty) is carved out of its train
+    folder, grouped by leaf, at ``ratios`` (train:val:test of what ``ratios`` names for
+    the missing ones). Leaf groups found in more than one shipped split are counted in
+    ``stats["groups_across_splits"]`` and logged once: the copy's own split leaks them.
+    """
+    ratios = _check_ratios(ratios)
+    rows = {
+        s: [(report.relative(x.path), x.label) for x in report.samples if x.split == s]
+        for s in SPLITS
+    }
+    carved = _carve_missing(report, rows, ratios, seed, group_pattern)
+    keys = group_keys(report, group_pattern=group_pattern)
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        groups[key].append(i)
+    split_of = {rel: s for s, items in rows.items() for rel, _ in items}
+    rel = [report.relative(x.path) for x in report.samples]
+    across = sorted(k for k, idx in groups.items() if len({split_of[rel[i]] for i in idx}) > 1)
+    n = max(1, len(report.samples))
+    stats = {
+        "source": "shipped",
+        "shipped_folders": dict(report.layout.split_folders),
+        "carved": carved,
+        "groups_across_splits": len(across),
+        "groups_across_splits_examples": across[:3],
+        **_stats(report, groups, rows, []),
+    }
+    _log_shipped(report, rows, carved, across)
+    return SplitManifest(
+        root=report.root,
+        classes=list(report.classes),
+        seed=seed,
+        ratios=tuple(len(rows[s]) / n for s in SPLITS),  # type: ignore[arg-type]
+        group_pattern=group_pattern,
+        splits=rows,
+        stats=stats,
+    )
+
+
+def _carve_missing(
+    report: ScanReport,
+    rows: dict[str, list[tuple[str, int]]],
+    ratios: tuple[float, float, float],
+    seed: int,
+    group_pattern: str,
+) -> dict[str, str]:
+    """Fill the val/test splits the copy lacks from its train folder (in place); say how."""
+    missing = [s for s in SPLITS[1:] if not rows[s]]
+    if not missing or not rows["train"]:
+        return {}
+    keep = [r if s == "train" or s in missing else 0.0 for s, r in zip(SPLITS, ratios, strict=True)]
+    carve = tuple(r / sum(keep) for r in keep)
+    train_only = replace(report, samples=[x for x in report.samples if x.split == "train"])
+    inner = make_split(
+        train_only,
+        ratios=carve,  # type: ignore[arg-type]
+        seed=seed,
+        group_pattern=group_pattern,
+        shipped=False,
+    )
+    rows["train"] = inner.splits["train"]
+    carved = {}
+    for s in missing:
+        rows[s] = inner.splits[s]
+        carved[s] = f"{carve[SPLITS.index(s)]:.0%} of the train folder, grouped by leaf"
+    return carved
+
+
+def _log_shipped(
+    report: ScanReport,
+    rows: dict[str, list[tuple[str, int]]],
+    carved: dict[str, str],
+    across: list[str],
+) -> None:
+    folders = report.layout.split_folders
+
+    def source(split: str) -> str:
+        if split in carved:
+            return carved[split]
+        return f"{folders[split]}/" if split in folders else "none"
+
+    parts = [f"{s} {len(rows[s])} ({source(s)})" for s in SPLITS]
+    logger.info("using the split the dataset ships with: %s", ", ".join(parts))
+    if across:
+        logger.warning(
+            "%d leaf group(s) (one leaf id, or identical bytes) appear in more than one of "
+            "the shipped splits, e.g. %s: scores on its test split may be optimistic; "
+            "--resplit pools the folders and splits them grouped by leaf",
+            len(across),
+            ", ".join(across[:3]),
+        )
 
 
 def _compile(pattern: str) -> re.Pattern[str]:

@@ -1,12 +1,14 @@
 """``cropdoc evaluate``: how good a bundle is, where it fails, whether its confidence holds.
 
-Which images: when DATA is the folder the run was trained on (same root, or a copy with
-the same files), the run's own ``split.json`` test split, so training images never leak
-into the figures; otherwise every image in DATA. ``--split`` picks another split of the
-manifest, ``--split-file`` another run's manifest (to score several models on one test
-set). Class folders are matched to the bundle's classes ignoring separators and case
-(see :mod:`cropdoc.classnames`). The bundle's own preprocessing and temperature are used, so the
-numbers are those ``cropdoc predict`` and ``serve`` will give.
+Which images (:mod:`.selection`): when DATA is the folder the run was trained on (same
+root, or a copy with its files), the run's own ``split.json`` test split, exactly (a
+missing file is an error, not a fall-back to every image); otherwise the images of DATA
+(a pre-split copy's test folder) except those the run trained on. ``--split`` picks
+another split, ``--split all`` every image, ``--split-file`` another run's manifest (to
+score several models on one test set). Class folders are matched to the bundle's classes
+ignoring separators and case (see :mod:`cropdoc.classnames`). The bundle's own
+preprocessing and temperature are used, so the numbers are those ``cropdoc predict`` and
+``serve`` will give.
 """
 
 from __future__ import annotations
@@ -24,11 +26,9 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from ..bundle import Bundle, BundleMeta, load_bundle
-from ..classnames import match_classes
 from ..cpu import default_workers
-from ..data.scan import scan_folder
-from ..data.split import SPLITS, SplitManifest
-from ..errors import ConfigError, DataError
+from ..data.layout import dataset_root
+from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..ood import bundle_scores
 from ..probabilities import softmax
@@ -39,12 +39,12 @@ from .ood import evaluate_ood_folder, ood_summary
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_predictions, plot_reliability
 from .report import write_eval_report, write_run_report
 from .robustness import evaluate_robustness
+from .selection import EVAL_SPLITS, Selection, select_images
 
 __all__ = ["ERRORS_GALLERY", "EVAL_FILES", "EVAL_SPLITS", "EvaluationResult", "evaluate_bundle"]
 
 _logger = logging.getLogger(__name__)
 
-EVAL_SPLITS = (*SPLITS, "all")
 #: Grad-CAM overlays of the most confident errors (written when there are errors).
 ERRORS_GALLERY = "errors_gradcam.png"
 EVAL_FILES = (
@@ -73,122 +73,6 @@ class EvaluationResult:
     def renamed(self) -> dict[str, str]:
         """Only the dataset class names that differ from the bundle's (for printing)."""
         return {k: v for k, v in self.class_mapping.items() if k != v}
-
-
-@dataclass
-class _Selection:
-    samples: list[tuple[Path, int]]
-    source: str
-    split: str
-    mapping: dict[str, str]
-    split_file: Path | None
-    bad: list[tuple[Path, str]]
-    skipped_unknown: int = 0
-
-
-def _same_data(manifest: SplitManifest, data: Path) -> bool:
-    """Is ``data`` the folder the manifest was made from (or a copy holding its files)?"""
-    if data.resolve() == Path(manifest.root).resolve():
-        return True
-    listed = [rel for items in manifest.splits.values() for rel, _ in items]
-    return bool(listed) and all((data / rel).is_file() for rel in listed)
-
-
-def _from_manifest(
-    manifest: SplitManifest,
-    where: Path,
-    data: Path,
-    split: str,
-    meta: BundleMeta,
-    ignore_unknown: bool,
-) -> _Selection:
-    mapping = match_classes(manifest.classes, meta.classes, ignore_unknown=ignore_unknown)
-    index = {c: i for i, c in enumerate(meta.classes)}
-    remap = {i: index[mapping[c]] for i, c in enumerate(manifest.classes) if c in mapping}
-    items = manifest.samples(split, root=data)
-    samples = [(p, remap[y]) for p, y in items if y in remap]
-    missing = [(p, "file not found") for p, _ in samples if not p.is_file()]
-    if samples and len(missing) == len(samples):
-        raise DataError(
-            f"none of the {len(samples)} '{split}' images of {where} exist under {data}; "
-            f"pass the dataset folder the split was made from"
-        )
-    samples = [(p, y) for p, y in samples if p.is_file()]
-    return _Selection(
-        samples=samples,
-        source=f"the '{split}' split of {where}",
-        split=split,
-        mapping=mapping,
-        split_file=where,
-        bad=missing,
-        skipped_unknown=len(items) - len(samples) - len(missing),
-    )
-
-
-def _from_folder(
-    data: Path,
-    meta: BundleMeta,
-    ignore_unknown: bool,
-    scan_progress: Callable[[int, int], None] | None,
-) -> _Selection:
-    if not data.is_dir():
-        raise DataError(f"data folder {data} does not exist or is not a folder; check the path")
-    folders = sorted(p.name for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataError(f"no class folders in {data}; expected DATA/<class name>/<image files>")
-    # Match before scanning: an unknown class fails in a second, not after decoding everything.
-    mapping = match_classes(folders, meta.classes, ignore_unknown=ignore_unknown)
-    if not mapping:
-        raise DataError(f"none of the class folders in {data} is a class of the model")
-    report = scan_folder(
-        data, classes=list(mapping), min_images_per_class=1, progress=scan_progress
-    )
-    index = {c: i for i, c in enumerate(meta.classes)}
-    samples = [(s.path, index[mapping[s.class_name]]) for s in report.samples]
-    skipped = 0
-    for name in sorted(set(folders) - set(mapping)):
-        skipped += sum(1 for p in (data / name).rglob("*") if p.is_file())
-    return _Selection(
-        samples=samples,
-        source=f"every image in {data}",
-        split="all",
-        mapping=mapping,
-        split_file=None,
-        bad=[(b.path, b.reason) for b in report.bad_files],
-        skipped_unknown=skipped,
-    )
-
-
-def _select(
-    bundle_dir: Path,
-    meta: BundleMeta,
-    data: Path,
-    split: str | None,
-    split_file: Path | None,
-    ignore_unknown: bool,
-    scan_progress: Callable[[int, int], None] | None,
-) -> _Selection:
-    if split is not None and split not in EVAL_SPLITS:
-        raise ConfigError(f"unknown split '{split}'; choose one of {', '.join(EVAL_SPLITS)}")
-    if split == "all":
-        return _from_folder(data, meta, ignore_unknown, scan_progress)
-    if split_file is not None:
-        if not data.is_dir():
-            raise DataError(f"data folder {data} does not exist; check the path")
-        manifest = SplitManifest.load(split_file)
-        return _from_manifest(manifest, split_file, data, split or "test", meta, ignore_unknown)
-    own = bundle_dir.parent / "split.json"
-    if own.is_file() and data.is_dir():
-        manifest = SplitManifest.load(own)
-        if _same_data(manifest, data):
-            return _from_manifest(manifest, own, data, split or "test", meta, ignore_unknown)
-    if split is not None:
-        raise DataError(
-            f"--split {split} needs the training split of {data}, but {own} "
-            f"{'was made from another folder' if own.is_file() else 'does not exist'}; "
-            "pass --split-file RUN_DIR/split.json, or --split all to use every image in DATA"
-        )
-    return _from_folder(data, meta, ignore_unknown, scan_progress)
 
 
 def _predictions_csv(
@@ -238,7 +122,7 @@ def _metrics(
     result: Logits,
     probs: np.ndarray,
     meta: BundleMeta,
-    selection: _Selection,
+    selection: Selection,
     bad: list[tuple[Path, str]],
 ) -> dict[str, Any]:
     """``metrics.json``: the scores, and what they were computed on."""
@@ -254,6 +138,7 @@ def _metrics(
             "n_bad_files": len(bad),
             "bad_files": [{"path": str(p), "reason": r} for p, r in bad],
             "skipped_unknown_images": selection.skipped_unknown,
+            "seen_in_training_images": selection.seen_in_training,
             "temperature": meta.temperature,
             "split": selection.split,
             "split_file": str(selection.split_file) if selection.split_file else None,
@@ -270,7 +155,7 @@ def _metrics(
 def _write_outputs(
     out: Path,
     meta: BundleMeta,
-    selection: _Selection,
+    selection: Selection,
     result: Logits,
     probs: np.ndarray,
     metrics: dict[str, Any],
@@ -324,6 +209,7 @@ def evaluate_bundle(
     ignore_unknown: bool = False,
     ood_dir: str | os.PathLike[str] | None = None,
     robustness: bool = False,
+    variant: str | None = None,
     batch_size: int = 64,
     workers: int | None = None,
     device: str | None = None,
@@ -338,8 +224,9 @@ def evaluate_bundle(
         data: dataset folder, one sub-folder per class.
         out_dir: where :data:`EVAL_FILES` (and ``report.md``) go.
         split: ``test``/``val``/``train``: that split of the run's (or ``split_file``'s)
-            manifest; ``all``: every image in ``data``; None: ``test`` when ``data`` is the
-            run's training folder, else ``all``.
+            manifest, exactly (a listed file that is missing is an error); ``all``: every
+            image in ``data``; None: ``test`` when ``data`` is the run's training folder,
+            a pre-split copy's test folder, else the images the run did not train on.
         split_file: a ``split.json`` to take the split from (e.g. another run's, so
             several models are scored on one test set).
         ignore_unknown: skip class folders the model does not know instead of failing.
@@ -350,6 +237,7 @@ def evaluate_bundle(
             rate and each row of ``predictions.csv`` its ``ood_score`` and ``abstain``.
         robustness: also score (up to 300 of) the images under phone-photo corruptions
             at three severities: ``robustness.json``, ``robustness.png``, a report section.
+        variant: the variant folder of ``data`` to read when it holds several.
         batch_size: images per forward pass.
         workers: DataLoader workers (None: sized for the machine).
         device: ``"auto"``/None, ``"cpu"``, ``"cuda"``.
@@ -373,8 +261,10 @@ def evaluate_bundle(
     bundle = load_bundle(bundle_path)
     meta = bundle.meta
     data_path = Path(data)
+    if data_path.is_dir():
+        data_path = dataset_root(data_path, variant=variant)
     out = Path(out_dir)
-    selection = _select(
+    selection = select_images(
         bundle.path,
         meta,
         data_path,

@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..advice import NOT_RECOGNISED, advice_for
 from ..classnames import class_label
-from ..diseases import disease_info
+from ..diseases import DiseaseTable, disease_info, disease_table
 from ..errors import ConfigError
 from ..inference import DEFAULT_BATCH_SIZE, MicroBatcher, Prediction, Predictor
 from ..resources.page import leaf_page
@@ -63,6 +63,8 @@ class ServeSettings:
         batch_max: most images merged into one forward pass across concurrent requests.
         batch_wait_ms: how long a request waits for others to share its forward pass
             (0: merge only requests already waiting).
+        diseases: a disease table file (``--diseases``) replacing the packaged one; None:
+            the packaged table.
     """
 
     max_upload_mb: float = 10.0
@@ -72,6 +74,7 @@ class ServeSettings:
     top_k: int = 3
     batch_max: int = DEFAULT_BATCH_SIZE
     batch_wait_ms: float = 5.0
+    diseases: str | None = None
 
     def __post_init__(self) -> None:
         if not self.max_upload_mb > 0:
@@ -229,12 +232,18 @@ class _BodyLimit:
 # --------------------------------------------------------------------------- results
 
 
+@cache
+def _diseases(path: str | None) -> DiseaseTable:
+    """The server's disease table, read and validated once per process."""
+    return disease_table(path)
+
+
 def _result(pred: Prediction, settings: ServeSettings) -> ImageResult:
     if not pred.ok or pred.best is None:
         status, _ = _error_status(pred.error or "")
         return ImageResult(filename=pred.source, ok=False, error=pred.error, status=status)
     best = pred.best
-    info = disease_info(best.name)
+    info = disease_info(best.name, _diseases(settings.diseases))
     low = best.probability < settings.low_confidence
     top = [
         TopClass(**{"class": s.name, "label": s.label, "probability": s.probability})
@@ -358,6 +367,14 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         >>> uvicorn.run(app, host="127.0.0.1", port=8000)  # doctest: +SKIP
     """
     settings = settings or ServeSettings()
+    uncovered = _diseases(settings.diseases).missing(predictor.meta.classes)
+    if uncovered and settings.diseases is not None:
+        _logger.warning(
+            "%s has no entry for %d of the model's classes (they get generic advice): %s",
+            settings.diseases,
+            len(uncovered),
+            ", ".join(uncovered[:3]) + (", ..." if len(uncovered) > 3 else ""),
+        )
     predictor.max_pixels = settings.max_pixels
     meta = predictor.meta
     # FastAPIOffline serves Swagger UI and ReDoc from the package, not a CDN, so /docs

@@ -3,7 +3,10 @@
 Only tensors and plain Python values go in, so the file loads with
 ``torch.load(weights_only=True)``: a checkpoint carrying a pickle payload is refused, never
 executed. Random state is not stored: the trainer reseeds every epoch from
-``(seed, global epoch)``, which is what makes a resumed run repeat the uninterrupted one.
+``(seed, global epoch, rank)``, which is what makes a resumed run repeat the uninterrupted
+one. The scheduler's state is kept for the record, but a resumed stage rebuilds its
+position from the epochs done (see :mod:`.scheduler`), so a changed device count resumes
+at the same fraction of the stage.
 """
 
 from __future__ import annotations

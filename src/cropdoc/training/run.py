@@ -23,8 +23,16 @@ from lightning_fabric.utilities.seed import seed_everything
 from safetensors.torch import load_file
 
 from ..bundle import WEIGHTS_FILE, BundleMeta, TrainingInfo, read_meta, update_meta
-from ..config import RuntimeConfig, StageConfig, TrainConfig, load_config
+from ..config import (
+    RESUME_OPTIONS,
+    RuntimeConfig,
+    StageConfig,
+    TrainConfig,
+    load_config,
+    resume_conflicts,
+)
 from ..data.augment import build_fast_train_transform
+from ..data.layout import dataset_root
 from ..data.loaders import ImageDataset, class_weights, make_loader
 from ..data.scan import scan_folder
 from ..data.split import SplitManifest, make_split
@@ -80,19 +88,19 @@ class TrainResult:
 def _resolve_inputs(
     data: str | Path | None, run_dir: Path, config: TrainConfig | None, resume: bool
 ) -> tuple[Path, TrainConfig]:
-    """The dataset folder and the config of the run (a resumed run keeps its own recipe)."""
+    """The dataset root (a lone wrapper folder or a chosen variant stepped into) and the
+    config of the run: a resumed run keeps its own, and refuses what it cannot apply."""
     if resume:
         if not (run_dir / "last.ckpt").is_file() or not (run_dir / "config.yaml").is_file():
             raise ConfigError(
                 f"cannot resume: {run_dir} has no last.ckpt/config.yaml from an "
                 f"earlier `cropdoc train --out {run_dir}`"
             )
-        saved = load_config(run_dir / "config.yaml")
-        # Placement may change on resume (another machine); the recipe may not.
-        runtime = (config or saved).runtime.model_copy(update={"seed": saved.runtime.seed})
-        config = saved.model_copy(update={"runtime": runtime})
+        config = _resume_config(run_dir, load_config(run_dir / "config.yaml"), config)
         if data is None:
             data = SplitManifest.load(run_dir / "split.json").root
+            _check_folder(data)
+            return data, config  # the dataset root already
     else:
         config = config or TrainConfig()
         if (run_dir / "last.ckpt").exists():
@@ -103,6 +111,11 @@ def _resolve_inputs(
     if data is None:
         raise ConfigError("no dataset path given")
     data = Path(data)
+    _check_folder(data)
+    return dataset_root(data, variant=config.data.variant), config
+
+
+def _check_folder(data: Path) -> None:
     if not data.exists():
         raise DataError(f"dataset folder not found: {data}")
     if not data.is_dir():
@@ -110,7 +123,28 @@ def _resolve_inputs(
             f"{data} is a file, not a folder: give the dataset folder that holds one "
             f"sub-folder per class"
         )
-    return data, config
+
+
+def _resume_config(run_dir: Path, saved: TrainConfig, given: TrainConfig | None) -> TrainConfig:
+    """The run's config with the runtime settings ``given`` changes (:data:`RESUME_APPLIED`
+    in ``cropdoc.config``); any other change is refused, naming the option."""
+    if given is None:
+        return saved
+    # An alias and its registry name are one architecture.
+    saved = saved.model_copy(update={"arch": get_arch(saved.arch).name})
+    given = given.model_copy(update={"arch": get_arch(given.arch).name})
+    refused = resume_conflicts(saved, given)
+    if refused:
+        allowed = ", ".join("--" + n.replace("_", "-") for n in RESUME_OPTIONS)
+        raise ConfigError(
+            f"cannot resume {run_dir} with {'; '.join(refused)}: a resumed run keeps the "
+            f"recipe, data settings and seed it started with (only {allowed} may change); "
+            f"leave the option out, or start a new run with another --out"
+        )
+    applied = resume_conflicts(saved, given, applied=True)
+    if applied:
+        _logger.info("resuming with %s", "; ".join(applied))
+    return given
 
 
 def _prepare_data(
@@ -129,18 +163,21 @@ def _prepare_data(
         report = scan_folder(
             data,
             classes=config.data.classes,
+            label_conflicts=config.data.label_conflicts,
             max_pixels=config.data.max_pixels,
             progress=scan_progress,
         )
-        if report.bad_files:
-            _logger.warning(
-                "%d bad file(s) excluded (see %s): %s",
-                len(report.bad_files),
-                run_dir / "scan_report.json",
-                "; ".join(f"{b.path.name}: {b.reason}" for b in report.bad_files[:3]),
-            )
+        problems = report.problems()
+        for problem in problems:
+            _logger.warning(problem.message)
+        if problems:
+            _logger.info("full lists: %s", run_dir / "scan_report.json")
         report.save(run_dir / "scan_report.json")
-        kwargs: dict[str, Any] = {"ratios": config.data.split, "seed": config.runtime.seed}
+        kwargs: dict[str, Any] = {
+            "ratios": config.data.split,
+            "seed": config.runtime.seed,
+            "shipped": not config.data.resplit,
+        }
         if config.data.group_pattern is not None:
             kwargs["group_pattern"] = config.data.group_pattern
         manifest = make_split(report, **kwargs)
@@ -177,27 +214,52 @@ def _make_loaders(
     root: Path,
     config: TrainConfig,
     preprocessing: Preprocessing,
+    start_epoch: int = 0,
+    cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Train (augmented), val and test loaders, set up by Fabric (train is sharded)."""
+    """Train (augmented), val and test loaders, set up by Fabric (train is sharded).
+
+    Train and val images are decoded once into a cache (``data.cache``): in RAM when they
+    fit, else a memory-mapped file in ``cache_dir`` that a resumed run maps again. Under
+    DDP it is always that file, written by rank zero and mapped by every rank, so the
+    ranks of a machine share one copy in the page cache instead of one each.
+
+    Under DDP the train loader gets its own sharding sampler seeded with ``seed +
+    start_epoch``: Fabric sets a sampler's epoch to the epochs this process has run, so
+    after a resume at global epoch ``start_epoch`` each epoch still shuffles as the
+    uninterrupted run's did.
+    """
     size = preprocessing.image_size
     train_tf = build_fast_train_transform(size, mean=preprocessing.mean, std=preprocessing.std)
     eval_tf = build_eval_transform(preprocessing)
-    datasets = {
-        s: ImageDataset(
-            manifest.samples(s, root=root),
-            train_tf if s == "train" else eval_tf,
-            max_pixels=config.data.max_pixels,
-            # Decode once per run (train and val are read every epoch; test only once).
-            cache_short_side=preprocessing.resize_size if s != "test" else None,
-        )
-        for s in SPLITS
-    }
+    storage = config.data.cache
+    if storage == "auto" and fabric.world_size > 1:
+        storage = "disk"
+    mb = config.data.cache_max_mb
+    with fabric.rank_zero_first(local=False):
+        datasets = {
+            s: ImageDataset(
+                manifest.samples(s, root=root),
+                train_tf if s == "train" else eval_tf,
+                max_pixels=config.data.max_pixels,
+                # Decode once per run (train and val are read every epoch; test only once).
+                cache_short_side=preprocessing.resize_size if s != "test" else None,
+                cache_max_bytes=None if mb is None else mb << 20,
+                cache_dir=cache_dir,
+                cache_storage=storage,
+            )
+            for s in SPLITS
+        }
     if len(datasets["val"]) == 0:
         raise DataError(
             "the validation split is empty: use a larger dataset or a larger val ratio (--split)"
         )
     d = config.data
     eval_bs = d.eval_batch_size or d.batch_size * 2
+    # A weighted sampler draws with replacement from each rank's own random stream.
+    shard = (fabric.global_rank, fabric.world_size) if fabric.world_size > 1 else None
+    if d.balance == "sampler":
+        shard = None
     train_loader = make_loader(
         datasets["train"],
         batch_size=d.batch_size,
@@ -205,6 +267,8 @@ def _make_loaders(
         workers=d.workers,
         balance_sampler=d.balance == "sampler",
         num_classes=len(manifest.classes),
+        shard=shard,
+        shuffle_seed=config.runtime.seed + start_epoch,
     )
     val_loader, test_loader = (
         make_loader(datasets[s], batch_size=eval_bs, train=False, workers=d.workers)
@@ -213,7 +277,8 @@ def _make_loaders(
     val_loader, test_loader = fabric.setup_dataloaders(
         val_loader, test_loader, use_distributed_sampler=False
     )
-    return {"train": fabric.setup_dataloaders(train_loader), "val": val_loader, "test": test_loader}
+    train_loader = fabric.setup_dataloaders(train_loader, use_distributed_sampler=shard is None)
+    return {"train": train_loader, "val": val_loader, "test": test_loader}
 
 
 def _bundle_meta(
@@ -253,6 +318,7 @@ def _make_trainer(
     plan: PrecisionPlan,
     bn: BatchNormPolicy,
     show_progress: bool,
+    start_epoch: int,
 ) -> tuple[Trainer, dict[str, Any]]:
     """The model (BatchNorm policy applied), its loaders and the trainer that runs it."""
     n_classes, rt = len(manifest.classes), config.runtime
@@ -266,7 +332,9 @@ def _make_trainer(
         interpolation=spec.interpolation,
         resize_ratio=spec.resize_ratio,
     )
-    loaders = _make_loaders(fabric, manifest, data, config, preprocessing)
+    loaders = _make_loaders(
+        fabric, manifest, data, config, preprocessing, start_epoch, cache_dir=run_dir / "cache"
+    )
     weights = None
     if config.data.balance == "loss":
         weights = class_weights(loaders["train"].dataset.labels, n_classes)
@@ -288,11 +356,11 @@ def _make_trainer(
     return trainer, loaders
 
 
-def _resume(trainer: Trainer, run_dir: Path) -> None:
-    """Load ``last.ckpt`` (and the best weights so far, from the bundle) into ``trainer``."""
+def _resume(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> None:
+    """Load ``last.ckpt``'s state (and the best weights so far, from the bundle)."""
     best_weights = run_dir / "model" / WEIGHTS_FILE
     best = load_file(str(best_weights)) if best_weights.is_file() else None
-    trainer.load_state_dict(load_checkpoint(run_dir / "last.ckpt"), best_state=best)
+    trainer.load_state_dict(state, best_state=best)
     stage, epoch = trainer.position
     _logger.info("resuming %s at stage %d epoch %d", run_dir, stage + 1, epoch + 1)
 
@@ -345,11 +413,15 @@ def train(
     """Train a classifier on a folder-per-class dataset with the three-stage recipe.
 
     Args:
-        data: the dataset root (PlantVillage layout). With ``resume`` it may be None: the
-            run's ``split.json`` knows it.
+        data: the dataset folder: one sub-folder per class, or a pre-split copy (its own
+            split is used unless ``data.resplit``), see :mod:`cropdoc.data.layout`. With
+            ``resume`` it may be None: the run's ``split.json`` knows it.
         out: the run directory.
         config: settings (defaults: the seed's recipe on EfficientNet-B0).
-        resume: continue the interrupted run in ``out`` from its ``last.ckpt``.
+        resume: continue the interrupted run in ``out`` from its ``last.ckpt``. Only the
+            runtime settings of ``config`` may differ from the run's (device, device count,
+            precision, workers: :data:`cropdoc.config.RESUME_APPLIED`); any other change
+            raises, naming the option.
         show_progress: progress bars on rank zero.
         scan_progress: ``(done, total)`` callback while scanning images.
 
@@ -357,7 +429,8 @@ def train(
         The run's summary (also in ``out/summary.json``).
 
     Raises:
-        CropdocError: bad data, configuration, weights or checkpoint.
+        CropdocError: bad data, configuration, weights or checkpoint, or a resume with
+            a changed recipe.
     """
     started = time.perf_counter()
     run_dir = Path(out)
@@ -385,11 +458,22 @@ def train(
         if not resume:
             atomic_write_text(run_dir / "config.yaml", config.to_yaml())
     manifest = _prepare_data(fabric, data, run_dir, config, resume, scan_progress)
+    state = load_checkpoint(run_dir / "last.ckpt") if resume else None
     trainer, loaders = _make_trainer(
-        fabric, spec, config, manifest, data, run_dir, stages, plan, bn, show_progress
+        fabric,
+        spec,
+        config,
+        manifest,
+        data,
+        run_dir,
+        stages,
+        plan,
+        bn,
+        show_progress,
+        start_epoch=int(state["global_epoch"]) if state is not None else 0,
     )
-    if resume:
-        _resume(trainer, run_dir)
+    if state is not None:
+        _resume(trainer, state, run_dir)
     _fit_stages(trainer, stages, loaders)
     test = _test_pass(trainer, loaders["test"], rt.channels_last)
 

@@ -3,6 +3,10 @@
 Stepping per batch rather than per epoch gives the same cosine shape for long stages and a
 real decay for one- or two-epoch stages (the demo and the tests), where a per-epoch
 schedule would never move. The last step of a stage lands exactly on ``eta_min``.
+
+A resumed stage starts the schedule at ``start_step`` = epochs done x *this* run's steps
+per epoch, not at the interrupted run's step count: steps per epoch change with the number
+of DDP processes, and the stage must go on at the same fraction of its length.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ def create_scheduler(
     total_steps: int,
     eta_min: float = 1e-7,
     warmup_steps: int = 0,
+    start_step: int = 0,
 ) -> LambdaLR:
     """Cosine decay from each group's initial lr to ``eta_min`` over ``total_steps``.
 
@@ -29,13 +34,15 @@ def create_scheduler(
         total_steps: optimizer steps in the stage (epochs × batches per epoch).
         eta_min: the floor reached at the last step, for every group.
         warmup_steps: linear warm-up from ~0 to the peak before the decay starts.
+        start_step: the step to start at (a resumed stage); the groups' ``initial_lr``
+            (kept in the optimizer's state) are the peak rates.
 
     Returns:
         A scheduler to ``step()`` after every optimizer step.
     """
     total_steps = max(1, int(total_steps))
     warmup_steps = min(max(0, int(warmup_steps)), total_steps - 1)
-    base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]
 
     def make_lambda(base_lr: float):
         floor = min(eta_min / base_lr, 1.0) if base_lr > 0 else 0.0
@@ -49,4 +56,5 @@ def create_scheduler(
 
         return factor
 
-    return LambdaLR(optimizer, [make_lambda(lr) for lr in base_lrs])
+    start = min(max(0, int(start_step)), total_steps)
+    return LambdaLR(optimizer, [make_lambda(lr) for lr in base_lrs], last_epoch=start - 1)

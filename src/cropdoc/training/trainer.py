@@ -75,10 +75,16 @@ def write_history(path: Path, rows: Sequence[EpochStats | dict[str, Any]]) -> No
     atomic_write_text(path, buf.getvalue())
 
 
-def seed_epoch(seed: int, global_epoch: int) -> None:
-    """Reseed every RNG from (seed, epoch): shuffling, augmentation and dropout of an epoch
-    are then the same whether the run was interrupted and resumed or not."""
-    s = (seed * 1_000_003 + global_epoch) % (2**31)
+def seed_epoch(seed: int, global_epoch: int, rank: int = 0) -> None:
+    """Reseed every RNG from (seed, epoch, rank).
+
+    An epoch's shuffling, augmentation and dropout are then the same whether the run was
+    interrupted and resumed or not, and each DDP rank draws its own augmentation and
+    dropout (ranks sharing one stream would augment their shards alike). The DDP shard
+    sampler has its own seed, shared by all ranks (``cropdoc.data.loaders.make_loader``).
+    """
+    entropy = [seed % 2**64, global_epoch, rank]
+    s = int(np.random.SeedSequence(entropy).generate_state(1)[0]) % (2**31)
     random.seed(s)
     np.random.seed(s)
     torch.manual_seed(s)
@@ -95,8 +101,10 @@ def cpu_threads(fabric: Fabric, loader: Any, gflop_per_image: float) -> int | No
     if getattr(inner, "num_workers", None) is None:  # Fabric's wrapper, or a benchmark's
         inner = getattr(loader, "_dataloader", None) or getattr(loader, "loader", None)
     workers = int(getattr(inner, "num_workers", 0) or 0)
-    # Workers that read the decoded cache are cheap; workers that decode JPEGs are busy.
-    light = getattr(getattr(inner, "dataset", None), "cache", None) is not None
+    # Workers that only read the decoded cache are cheap; workers that decode JPEGs (all
+    # of them, or the part a full cache left out) are busy.
+    cache = getattr(getattr(inner, "dataset", None), "cache", None)
+    light = cache is not None and bool(getattr(cache, "complete", False))
     # Training processes on this machine: DDP strategies list their local devices.
     local_processes = len(getattr(fabric.strategy, "parallel_devices", None) or [None])
     batch = int(getattr(inner, "batch_size", None) or 1)
@@ -275,8 +283,9 @@ class Trainer:
     def setup_stage(self, stage: StageConfig, index: int, steps_per_epoch: int) -> None:
         """Freeze policy → param groups → AdamW + cosine → ``fabric.setup``.
 
-        Setting up the stage a loaded checkpoint interrupted restores its optimizer,
-        scheduler and early-stopping state.
+        Setting up the stage a loaded checkpoint interrupted restores its optimizer and
+        early-stopping state, and starts its schedule at the epochs done times this run's
+        ``steps_per_epoch`` (the same fraction of the stage on any number of devices).
         """
         apply_policy(self.raw_model, self.spec, stage.trainable)
         groups = param_groups(
@@ -288,23 +297,25 @@ class Trainer:
         optimizer = torch.optim.AdamW(
             groups, lr=stage.lr, betas=self.optim.betas, weight_decay=self.optim.weight_decay
         )
-        self.scheduler = create_scheduler(
-            optimizer,
-            total_steps=max(1, stage.epochs * steps_per_epoch),
-            eta_min=self.optim.eta_min,
-            warmup_steps=round(stage.warmup_epochs * steps_per_epoch),
-        )
         self.early_stopping = EarlyStopping(
             patience=stage.patience or self.optim.patience, min_delta=self.optim.min_delta
         )
         resumed = self._resume is not None and index == self._stage_index
         if resumed:
             optimizer.load_state_dict(self._resume["optimizer"])
-            self.scheduler.load_state_dict(self._resume["scheduler"])
             self.early_stopping.load_state_dict(self._resume["early_stopping"])
             self._resume = None
         else:
             self._epoch = 0
+        # The schedule's position comes from the epochs done, not the checkpoint's step
+        # count, which a different number of DDP processes would misplace.
+        self.scheduler = create_scheduler(
+            optimizer,
+            total_steps=max(1, stage.epochs * steps_per_epoch),
+            eta_min=self.optim.eta_min,
+            warmup_steps=round(stage.warmup_epochs * steps_per_epoch),
+            start_step=self._epoch * steps_per_epoch,
+        )
         self._stage, self._stage_index, self._stage_done = stage, index, False
         self.model, self.optimizer = self.fabric.setup(self.raw_model, optimizer)
         _logger.debug("param groups: %s", [(g["name"], g["lr"], len(g["params"])) for g in groups])
@@ -421,7 +432,7 @@ class Trainer:
     ) -> None:
         stage, es = self._stage, self.early_stopping
         assert stage is not None and es is not None and self.optimizer is not None
-        seed_epoch(self.seed, self.global_epoch)
+        seed_epoch(self.seed, self.global_epoch, self.fabric.global_rank)
         lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
         desc = f"stage {self._stage_index + 1} {stage.name} epoch {self._epoch + 1}/{stage.epochs}"
         train = self.train_one_epoch(train_loader, desc)
