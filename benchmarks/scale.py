@@ -171,7 +171,9 @@ def _pass(model, loader, opt, loss_fn, steps: int, threads: int | None) -> dict[
     }
 
 
-def one_size(n: int, work: Path, steps: int, size: int, batch: int) -> dict[str, Any]:
+def one_size(
+    n: int, work: Path, steps: int, size: int, batch: int, cache: str = "auto"
+) -> dict[str, Any]:
     """Every measure at ``n`` images (run in a child process of its own)."""
     import torch
     from lightning_fabric import Fabric
@@ -216,6 +218,7 @@ def one_size(n: int, work: Path, steps: int, size: int, batch: int) -> dict[str,
                 build_fast_train_transform(size) if s == "train" else build_eval_transform(pre),
                 cache_short_side=pre.resize_size,
                 cache_dir=run_dir / "cache",
+                cache_storage=cache,  # type: ignore[arg-type]
             )
             for s in ("train", "val")
         }
@@ -256,10 +259,15 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--work", type=Path, default=None, help="keep data and caches here")
+    parser.add_argument(
+        "--cache", choices=("auto", "ram", "disk"), default="auto", help="data.cache to use"
+    )
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:  # the child: one size, one JSON line
-        row = one_size(args.one, args.work, args.steps, args.image_size, args.batch_size)
+        row = one_size(
+            args.one, args.work, args.steps, args.image_size, args.batch_size, args.cache
+        )
         print(json.dumps(row), flush=True)
         return
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -270,7 +278,7 @@ def main() -> None:
         for n in sizes:
             cmd = [sys.executable, "-m", "benchmarks.scale", "--one", str(n), "--work", str(work)]
             cmd += ["--steps", str(args.steps), "--image-size", str(args.image_size)]
-            cmd += ["--batch-size", str(args.batch_size)]
+            cmd += ["--batch-size", str(args.batch_size), "--cache", args.cache]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"size {n} failed:\n{done.stderr[-3000:]}")
@@ -285,6 +293,7 @@ def main() -> None:
                 "image_size": args.image_size,
                 "batch_size": args.batch_size,
                 "steps_per_pass": args.steps,
+                "cache": args.cache,
             },
             "rows": rows,
         }
