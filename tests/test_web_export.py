@@ -385,3 +385,35 @@ def test_abstaining_bundle_shows_not_recognised(browser, run: Path, ort, leaves,
         assert page.locator("#treatment li").count() == 0
     finally:
         context.close()
+
+
+def test_the_page_ships_a_given_disease_table(run: Path, ort, tmp_path: Path):
+    """``export --format web --diseases FILE``: an extension service's advice is what the
+    offline page shows; a bad file stops the export in one line, writing nothing."""
+    copy = copy_run(run, tmp_path / "run")
+    advice = "Call the county plant clinic before you spray anything."
+    classes = read_meta(copy / "model").classes
+    entries = {
+        name: {
+            "crop": "Tomato",
+            "disease": name.split("___")[-1].replace("_", " "),
+            "healthy": name.endswith("healthy"),
+            "severity": "none" if name.endswith("healthy") else "high",
+            "symptoms": "As in our field guide.",
+            "management": [advice],
+        }
+        for name in classes
+    }
+    table = tmp_path / "county.json"
+    table.write_text(json.dumps(entries))
+    site = tmp_path / "site"
+    argv = ["export", str(copy / "model"), "--format", "web", "--out", str(site)]
+    code, err = cli_in_process([*argv, "--diseases", str(table)])
+    assert code == 0, err
+    config = json.loads((site / "config.json").read_text())
+    assert all(config["diseases"][c]["management"] == [advice] for c in classes)
+
+    table.write_text(json.dumps({classes[0]: {"crop": "Tomato"}}))  # no disease, no steps
+    code, err = cli_in_process([*argv, "--out", str(tmp_path / "bad"), "--diseases", str(table)])
+    assert clear_error(code, err, str(table)), err
+    assert not (tmp_path / "bad").exists()

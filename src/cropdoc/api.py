@@ -24,6 +24,7 @@ from PIL import Image
 
 from .bundle import BundleMeta, OodInfo, read_meta, resolve_bundle_dir
 from .config import TrainConfig, load_config, merge_overrides, options_to_overrides
+from .diseases import disease_table
 from .errors import ConfigError
 from .evaluation import EvaluationResult, evaluate_bundle, fit_run_ood
 from .export import (
@@ -217,6 +218,7 @@ class Model:
         force: bool = False,
         min_agreement: float | None = None,
         ort_web: str | os.PathLike[str] | None = None,
+        diseases: str | os.PathLike[str] | None = None,
     ) -> ExportReport | WebExport:
         """Export and verify against PyTorch (recorded in ``model.json``).
 
@@ -235,6 +237,8 @@ class Model:
             force: write an export that failed its check.
             ort_web: ``web``: a local onnxruntime-web tarball or unpacked folder
                 (default: fetched once with npm, hash-checked, cached).
+            diseases: ``web``: a disease table file to ship instead of the packaged one
+                (the format of ``--diseases``).
         """
         if format not in EXPORT_FORMATS:
             raise ConfigError(
@@ -243,7 +247,10 @@ class Model:
         self._predictor = None  # a new export may change what "auto" loads
         given = {"min_agreement": min_agreement} if min_agreement is not None else {}
         if format == "web":
-            return export_web(self.path, out=out, ort_web=ort_web, int8=int8, calibration=images)
+            info = disease_table(diseases).info if diseases is not None else None
+            return export_web(
+                self.path, out=out, ort_web=ort_web, int8=int8, calibration=images, diseases=info
+            )
         if format == "tflite":
             return export_tflite(self.path, int8=int8, out=out, data=images, force=force, **given)
         if not int8:

@@ -364,6 +364,7 @@ def export(
             metavar="PATH",
         ),
     ] = None,
+    diseases: DiseasesOpt = None,
 ) -> None:
     """Export to ONNX or TFLite (and INT8), verified against PyTorch on real images, or to
     an offline web app."""
@@ -372,7 +373,9 @@ def export(
     _quiet_exporters()
     model = load(bundle)
     if format is ExportFormat.web:
-        result = model.export("web", int8=int8, images=calibration, out=out_path, ort_web=ort_web)
+        result = model.export(
+            "web", int8=int8, images=calibration, out=out_path, ort_web=ort_web, diseases=diseases
+        )
         _print_web(result)
         return
     fp32_out = None if int8 else out_path
