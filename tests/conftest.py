@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,35 @@ def tiny_config(**overrides):
         else:
             base[key] = value
     return load_config(overrides=base)
+
+
+#: Debian's Chromium, headless, with nothing that phones home (the browser tests run
+#: offline pages and must not wait on Google's services).
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium (Playwright on Debian's browser, never a downloaded one) for
+    every browser test; skips, saying why, without Chromium or Playwright."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("Chromium not installed (apt-get install -y chromium) - browser test skipped")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="Playwright not installed (pip install playwright)"
+    )
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

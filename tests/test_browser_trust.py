@@ -10,7 +10,6 @@ quality (``benchmarks/ood.py`` measures that).
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,24 +25,9 @@ from cropdoc.evaluation.ood import OodFit, fit_ood
 from cropdoc.inference import collect_images, load_predictor
 from cropdoc.models import build
 from cropdoc.preprocessing import Preprocessing
-from test_browser import CHROMIUM_ARGS
 from test_serve import running_server
 
 pytest.importorskip("torchcam", reason="torchcam not installed")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("Chromium not installed (apt-get install -y chromium) - browser test skipped")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright not installed")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ import json
 import shutil
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +43,6 @@ from cropdoc.inference import collect_images, load_predictor
 from cropdoc.ood import ood_scores
 from cropdoc.preprocessing import Preprocessing
 from cropdoc.probabilities import softmax
-from test_browser import CHROMIUM_ARGS
 from test_predictor import copy_run, shared_tiny_run
 
 ASSETS = Path(__file__).resolve().parents[1] / "src/cropdoc/export/web_assets"
@@ -285,22 +283,6 @@ def test_ort_web_copies_are_checked_and_no_source_is_one_clear_line(
 
 
 # --------------------------------------------------------------------------- Chromium
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("Chromium not installed (apt-get install -y chromium) - browser test skipped")
-    sync_api = pytest.importorskip(
-        "playwright.sync_api", reason="Playwright not installed (pip install playwright)"
-    )
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _diagnose(page, photo: Path) -> dict:
