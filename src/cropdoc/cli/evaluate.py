@@ -195,7 +195,7 @@ def fit_ood(
         OodKind | None,
         typer.Option(
             help="energy (default: best in BENCHMARKS.md), msp (calibrated max softmax) or "
-            "mahalanobis (penultimate features; ONNX needs a re-export)."
+            "mahalanobis (penultimate features; an ONNX export without them is not used)."
         ),
     ] = None,
     target: Annotated[
