@@ -105,7 +105,8 @@ def bench_bundle(
     folder: Path, label: str, reps: int, calib: list[Path] | None, photo: Path
 ) -> dict[str, Any]:
     loaded = load_bundle(folder)
-    torch_runner = TorchRunner(loaded.model)  # eager fp32, NCHW: the reference
+    # eager fp32, NCHW: the reference (with the features the OOD score may read)
+    torch_runner = TorchRunner(loaded.model, spec=get_arch(loaded.meta.arch))
     predictor = Predictor(loaded.meta, torch_runner)
     reports, runners = _exports(folder, calib)
     runners = {"torch": torch_runner, **runners}
