@@ -76,9 +76,7 @@ def test_disk_cache_when_ram_would_not_hold_it(leaves, tmp_path: Path, counted):
 
 def test_disk_cache_respects_its_bound_and_file_changes(leaves, tmp_path: Path):
     one = 3 * SIDE * SIDE
-    cache = DecodedCache(
-        leaves, SIDE, storage="disk", disk_dir=tmp_path, max_disk_bytes=7 * one
-    )
+    cache = DecodedCache(leaves, SIDE, storage="disk", disk_dir=tmp_path, max_disk_bytes=7 * one)
     assert cache.cached == 7 and cache.file is not None
     assert cache.file.stat().st_size == 7 * one
     changed = tmp_path / "changed.jpg"
@@ -120,3 +118,36 @@ def test_the_cpu_split_counts_workers_that_still_decode(leaves, monkeypatch):
 
     assert threads() == 4  # every image cached: the worker only copies, compute gets all
     assert threads(cache_max_bytes=2 * one) == 3  # a part-full cache: the worker decodes
+
+
+def test_evaluation_reuses_the_runs_disk_cache(tmp_path_factory, tiny_data: Path, monkeypatch):
+    """A run's disk cache (what training writes when RAM would not hold the images) is read
+    by calibration and evaluation instead of decoding again, with the same logits bit for
+    bit; it is only reused, never built, and a different image list finds none."""
+    import numpy as np
+
+    from cropdoc.bundle import load_bundle
+    from cropdoc.data.split import SplitManifest
+    from cropdoc.evaluation import logits as logits_module
+    from cropdoc.evaluation.calibration import calibrate_run
+    from test_evaluation import copy_run, trained_tiny_run
+
+    run = copy_run(
+        trained_tiny_run(tmp_path_factory, tiny_data), tmp_path_factory.mktemp("c") / "r"
+    )
+    bundle = load_bundle(run / "model")
+    val = SplitManifest.load(run / "split.json").samples("val")
+    paths, side = [p for p, _ in val], bundle.meta.preprocessing.resize_size
+    assert DecodedCache.existing(paths, side, run / "cache") is None  # nothing built here
+    assert not (run / "cache").exists()
+    plain = logits_module.collect_logits(bundle.model, val, bundle.meta)
+    DecodedCache(paths, side, storage="disk", disk_dir=run / "cache")  # as training writes it
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded an image the run's cache holds")
+
+    monkeypatch.setattr(logits_module, "load_tensor", no_decoding)
+    cached = logits_module.collect_logits(bundle.model, val, bundle.meta, cache_dir=run / "cache")
+    assert np.array_equal(cached.logits, plain.logits) and cached.paths == plain.paths
+    assert calibrate_run(run).n == len(val)  # calibration reads the cache too
+    assert DecodedCache.existing(paths[:-1], side, run / "cache") is None

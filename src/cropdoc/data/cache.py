@@ -182,6 +182,32 @@ class DecodedCache:
             self._build(limit, on_disk=False)
         self._log("built")
 
+    @classmethod
+    def existing(
+        cls,
+        paths: Sequence[Path | str],
+        short_side: int | None,
+        disk_dir: str | os.PathLike[str],
+        *,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> DecodedCache | None:
+        """The disk cache a run wrote in ``disk_dir`` for exactly these files, mapped; or
+        None (nothing is decoded or written here: evaluation reuses, it never builds).
+
+        Files changed since the cache was written are decoded afresh on access, as in
+        training, so a reused cache never serves stale pixels.
+        """
+        cache = cls.__new__(cls)
+        cache.paths = [Path(p) for p in paths]
+        cache.short_side = short_side
+        cache.max_pixels = max_pixels
+        cache.reused = False
+        cache.file = Path(disk_dir) / f"decoded-{cache._key()}.u8"
+        if not cache.paths or not cache._reuse():
+            return None
+        cache._log("reused")
+        return cache
+
     # ------------------------------------------------------------------ building
     def _key(self) -> str:
         h = hashlib.sha256(f"{_INDEX_VERSION}:{self.short_side}:{self.max_pixels}".encode())

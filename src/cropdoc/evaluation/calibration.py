@@ -168,7 +168,13 @@ def calibrate_run(
     if not samples:
         raise DataError(f"the validation split in {split_path} is empty; nothing to calibrate on")
     out = collect_logits(
-        bundle.model, samples, bundle.meta, batch_size=batch_size, workers=workers, device=device
+        bundle.model,
+        samples,
+        bundle.meta,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        cache_dir=run / "cache",  # training's disk cache of the val split, if it made one
     )
     if len(out.labels) == 0:
         raise DataError(

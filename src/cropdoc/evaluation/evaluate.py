@@ -284,7 +284,13 @@ def evaluate_bundle(
         "device": device,
     }
     result = collect_logits(
-        bundle.model, selection.samples, meta, progress=progress, features=True, **collect
+        bundle.model,
+        selection.samples,
+        meta,
+        progress=progress,
+        features=True,
+        cache_dir=bundle.path.parent / "cache",  # the run's disk cache, when it has these
+        **collect,
     )
     bad = selection.bad + result.bad
     if len(result.labels) == 0:

@@ -9,6 +9,7 @@ reported back, not raised: evaluating 10,000 photos should not die on photo 9,99
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..bundle import BundleMeta
+from ..data.cache import DecodedCache
 from ..data.images import DEFAULT_MAX_PIXELS, load_tensor
 from ..data.transforms import build_eval_transform
 from ..errors import DataError
@@ -62,8 +64,10 @@ class _TolerantDataset(Dataset):
         image_size: int,
         max_pixels: int,
         pre: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        cache: DecodedCache | None = None,
     ) -> None:
         self.samples = list(samples)
+        self.cache = cache
         self.transform = transform
         self.pre = pre
         self.blank = torch.zeros(3, image_size, image_size)
@@ -76,7 +80,10 @@ class _TolerantDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
         path, label = self.samples[index]
         try:
-            decoded = load_tensor(path, max_pixels=self.max_pixels)
+            if self.cache is not None:  # Resize(short side)(decode): eval's own first step
+                decoded = self.cache.load(index)
+            else:
+                decoded = load_tensor(path, max_pixels=self.max_pixels)
             if self.pre is not None:
                 decoded = self.pre(decoded, index)
             image = self.transform(decoded)
@@ -99,6 +106,7 @@ def collect_logits(
     progress: Callable[[int, int], None] | None = None,
     features: bool = False,
     pre: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> Logits:
     """Logits of ``model`` for every (path, label) in ``samples``, in order.
 
@@ -114,6 +122,10 @@ def collect_logits(
         features: also keep the penultimate head features (``Logits.features``).
         pre: applied to each decoded ``uint8 (3, H, W)`` photo (and its index in
             ``samples``) before the eval transform, e.g. a corruption.
+        cache_dir: a run's ``cache/`` folder: when training left a disk cache of exactly
+            these images there, they are read from it instead of decoded (the logits are
+            the same bit for bit: the cache holds eval's own first resize). Not used with
+            ``pre``, which needs the full photo.
 
     Returns:
         The logits of the images that decoded, and the (path, reason) of those that did not.
@@ -121,12 +133,18 @@ def collect_logits(
     dev = resolve_device(device)
     model = model.eval().to(dev)
     net = LogitsAndFeatures(model, get_arch(meta.arch)) if features else model
+    cache = None
+    if cache_dir is not None and pre is None:
+        paths = [path for path, _ in samples]
+        short_side = meta.preprocessing.resize_size
+        cache = DecodedCache.existing(paths, short_side, cache_dir, max_pixels=max_pixels)
     dataset = _TolerantDataset(
         samples,
         build_eval_transform(meta.preprocessing),
         meta.preprocessing.image_size,
         max_pixels,
         pre,
+        cache,
     )
     loader = DataLoader(
         dataset,

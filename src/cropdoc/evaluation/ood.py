@@ -227,7 +227,12 @@ def collect_fit_outputs(
     """
     manifest = SplitManifest.load(run_dir / "split.json")
     root = Path(data) if data is not None else None
-    kwargs: dict[str, Any] = {"workers": workers, "device": device, "features": True}
+    kwargs: dict[str, Any] = {
+        "workers": workers,
+        "device": device,
+        "features": True,
+        "cache_dir": run_dir / "cache",  # training's disk cache, where it matches
+    }
     val = collect_logits(model, manifest.samples("val", root=root), meta, **kwargs)
     fit = collect_logits(model, _fit_samples(manifest, root), meta, **kwargs) if train else val
     return OodFit(fit=fit, val=val, temperature=meta.temperature)
