@@ -46,12 +46,15 @@ __all__ = [
     "compare_logits",
     "default_images",
     "install_file",
+    "onnx_fields",
     "onnx_outputs",
     "preprocess_batches",
     "record_export",
+    "record_refusal",
     "reference_predictor",
     "resolve_images",
     "sample_images",
+    "verification_batches",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -204,32 +207,85 @@ def bundle_relative(path: Path, folder: Path) -> str:
         return str(path.resolve())
 
 
-def record_export(report: ExportReport, folder: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    """Store what ``report`` describes in ``model.json`` ``exports``; return the record."""
-    import onnxruntime
+def record_export(
+    report: ExportReport,
+    folder: Path,
+    fields: dict[str, Any],
+    versions: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Store what ``report`` describes in ``model.json`` ``exports``; return the record.
 
+    ``fields`` are the format's own (ONNX: :func:`onnx_fields`); ``versions`` the
+    packages that made and checked the file (default: torch and onnxruntime).
+    """
     meta = read_meta(folder)
+    if versions is None:
+        import onnxruntime
+
+        versions = {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
     record = {
         "path": bundle_relative(report.path, folder),
         "format": report.format,
-        "opset": OPSET,
-        "input": INPUT_NAME,
-        "output": OUTPUT_NAME,
-        "dynamic_batch": True,
+        **fields,
         "exporter": report.exporter,
         "size_bytes": report.size_bytes,
         "sha256": file_sha256(report.path),
         "weights_sha256": meta.weights_sha256,
         "forced": report.forced,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": versions,
         "verification": asdict(report.verification),
-        **extra,
     }
     exports = dict(meta.exports)
     exports[EXPORT_KEYS[report.format]] = record
     update_meta(folder, exports=exports)
     return record
+
+
+def record_refusal(folder: Path, key: str, verification: Verification) -> None:
+    """Keep the figures of a refused INT8 file under ``exports[key]``, so the bundle shows
+    why it has none."""
+    meta = read_meta(folder)
+    exports = dict(meta.exports)
+    exports[key] = {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "weights_sha256": meta.weights_sha256,
+        "verification": asdict(verification),
+    }
+    update_meta(folder, exports=exports)
+
+
+def onnx_fields() -> dict[str, Any]:
+    """The ONNX-specific part of an export's record (opset, names, dynamic batch)."""
+    return {"opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME, "dynamic_batch": True}
+
+
+def verification_batches(
+    reference: Predictor,
+    folder: Path,
+    data: Sequence[str | os.PathLike[str]] | None,
+    max_images: int,
+    what: str,
+) -> tuple[list[np.ndarray], str]:
+    """Real images when any are known; random tensors (with a warning) when none are.
+
+    ``what`` names the export in the warning (``ONNX``, ``TFLite``).
+    """
+    try:
+        images, source = resolve_images(folder, data, "verify the export")
+        return preprocess_batches(reference, sample_images(images, max_images)), source
+    except ExportError:
+        if data:
+            raise
+    _logger.warning(
+        "no real images known for %s; verifying the %s export on random tensors only "
+        "(pass --calibration DATA to verify on photos)",
+        folder,
+        what,
+    )
+    gen = torch.Generator().manual_seed(0)
+    size = reference.meta.preprocessing.image_size
+    return [torch.randn(8, 3, size, size, generator=gen).numpy()], "random tensors (no images)"
 
 
 def onnx_outputs(path: Path) -> list[str]:

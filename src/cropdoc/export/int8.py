@@ -12,14 +12,13 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..bundle import read_meta, resolve_bundle_dir, update_meta
+from ..bundle import resolve_bundle_dir
 from ..inference import EXPORT_KEYS, OnnxRunner, recorded_export
 from ..models import get_arch
 from .common import (
@@ -34,8 +33,10 @@ from .common import (
     bundle_relative,
     compare_logits,
     install_file,
+    onnx_fields,
     preprocess_batches,
     record_export,
+    record_refusal,
     reference_predictor,
     resolve_images,
     sample_images,
@@ -152,18 +153,6 @@ def _try_recipes(
     return max(tried, key=lambda t: t.agreement)
 
 
-def _record_refusal(folder: Path, verification: Verification) -> None:
-    """Keep the figures of a refused INT8 file, so the bundle shows why it has none."""
-    meta = read_meta(folder)
-    exports = dict(meta.exports)
-    exports["onnx_int8_refused"] = {
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "weights_sha256": meta.weights_sha256,
-        "verification": asdict(verification),
-    }
-    update_meta(folder, exports=exports)
-
-
 def export_int8(
     bundle: str | os.PathLike[str],
     *,
@@ -234,10 +223,14 @@ def export_int8(
             best.images,
         )
         if not verification.passed and not force:
-            _record_refusal(folder, verification)
+            record_refusal(folder, "onnx_int8_refused", verification)
             return report
         install_file(best.path, target, folder)
     report.written, report.size_bytes = True, target.stat().st_size
-    extra = {"fp32_source": bundle_relative(fp32, folder), "quantized_ops": list(best.op_types)}
-    report.record = record_export(report, folder, extra)
+    fields = {
+        **onnx_fields(),
+        "fp32_source": bundle_relative(fp32, folder),
+        "quantized_ops": list(best.op_types),
+    }
+    report.record = record_export(report, folder, fields)
     return report

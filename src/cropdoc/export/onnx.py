@@ -16,11 +16,10 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..bundle import resolve_bundle_dir
-from ..inference import FEATURES_OUTPUT, OnnxRunner, Predictor
+from ..inference import FEATURES_OUTPUT, OnnxRunner
 from ..models import LogitsAndFeatures, get_arch
 from .common import (
     DEFAULT_MAX_IMAGES,
@@ -34,12 +33,11 @@ from .common import (
     Verification,
     compare_logits,
     install_file,
+    onnx_fields,
     onnx_outputs,
-    preprocess_batches,
     record_export,
     reference_predictor,
-    resolve_images,
-    sample_images,
+    verification_batches,
 )
 
 __all__ = ["export_onnx"]
@@ -91,29 +89,6 @@ def _torch_export(model: torch.nn.Module, size: int, target: Path) -> str:
     return "torchscript"
 
 
-def _verification_batches(
-    reference: Predictor,
-    folder: Path,
-    data: Sequence[str | os.PathLike[str]] | None,
-    max_images: int,
-) -> tuple[list[np.ndarray], str]:
-    """Real images when any are known; random tensors (with a warning) when none are."""
-    try:
-        images, source = resolve_images(folder, data, "verify the export")
-        return preprocess_batches(reference, sample_images(images, max_images)), source
-    except ExportError:
-        if data:
-            raise
-    _logger.warning(
-        "no real images known for %s; verifying the ONNX export on random tensors only "
-        "(pass --calibration DATA to verify on photos)",
-        folder,
-    )
-    gen = torch.Generator().manual_seed(0)
-    size = reference.meta.preprocessing.image_size
-    return [torch.randn(8, 3, size, size, generator=gen).numpy()], "random tensors (no images)"
-
-
 def export_onnx(
     bundle: str | os.PathLike[str],
     *,
@@ -148,7 +123,7 @@ def export_onnx(
     reference, model = reference_predictor(folder)
     meta = reference.meta
     target = Path(out) if out is not None else folder / ONNX_FILE
-    batches, source = _verification_batches(reference, folder, data, max_images)
+    batches, source = verification_batches(reference, folder, data, max_images, "ONNX")
     with tempfile.TemporaryDirectory(prefix="cropdoc-export-") as tmp:
         staged = Path(tmp) / ONNX_FILE
         both = LogitsAndFeatures(model, get_arch(meta.arch)).eval()
@@ -184,5 +159,6 @@ def export_onnx(
         install_file(staged, target, folder)
     report = ExportReport("onnx", target, True, verification, force, exporter)
     report.size_bytes = target.stat().st_size
-    report.record = record_export(report, folder, {"outputs": onnx_outputs(target)})
+    fields = {**onnx_fields(), "outputs": onnx_outputs(target)}
+    report.record = record_export(report, folder, fields)
     return report

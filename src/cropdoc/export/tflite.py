@@ -21,8 +21,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,9 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..bundle import read_meta, resolve_bundle_dir, update_meta
+from ..bundle import resolve_bundle_dir
 from ..inference import EXPORT_KEYS, FEATURES_OUTPUT, LiteRtRunner, recorded_export
-from ..io import file_sha256
 from ..models import LogitsAndFeatures, get_arch
 from .common import (
     DEFAULT_CALIBRATION_IMAGES,
@@ -44,13 +41,15 @@ from .common import (
     ExportError,
     ExportReport,
     Verification,
-    bundle_relative,
     compare_logits,
     install_file,
     preprocess_batches,
+    record_export,
+    record_refusal,
     reference_predictor,
     resolve_images,
     sample_images,
+    verification_batches,
 )
 
 __all__ = ["TFLITE_FILE", "TFLITE_INT8_FILE", "export_tflite"]
@@ -139,43 +138,15 @@ def _quantize(fp32: Path, target: Path, calibration: list[np.ndarray]) -> None:
         raise ExportError(f"TFLite INT8 quantization failed: {e}") from e
 
 
-def _record(report: ExportReport, folder: Path, key: str) -> dict[str, Any]:
-    """Store ``report`` in ``model.json`` ``exports[key]`` (as ONNX exports are)."""
-    meta = read_meta(folder)
-    record = {
-        "path": bundle_relative(report.path, folder),
-        "format": report.format,
+def _record(report: ExportReport, folder: Path) -> dict[str, Any]:
+    """Store ``report`` in ``model.json`` ``exports`` (as ONNX exports are)."""
+    fields = {
         "input": "(1, S, S, 3) float32 channels-last, normalised"
         if report.format == "tflite"
         else "(1, S, S, 3) int8 channels-last (scale and zero point in the file)",
         "outputs": [OUTPUT_NAME, FEATURES_OUTPUT],
-        "exporter": report.exporter,
-        "size_bytes": report.size_bytes,
-        "sha256": file_sha256(report.path),
-        "weights_sha256": meta.weights_sha256,
-        "forced": report.forced,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "versions": _versions(),
-        "verification": asdict(report.verification),
     }
-    update_meta(folder, exports={**meta.exports, key: record})
-    return record
-
-
-def _fp32_batches(
-    reference: Any, folder: Path, data: Sequence[str | os.PathLike[str]] | None, n: int
-) -> tuple[list[np.ndarray], str]:
-    """Real images when known, else random tensors with a warning (as the ONNX export)."""
-    try:
-        images, source = resolve_images(folder, data, "verify the export")
-        return preprocess_batches(reference, sample_images(images, n)), source
-    except ExportError:
-        if data:
-            raise
-    _logger.warning("no real images known for %s; verifying TFLite on random tensors", folder)
-    size = reference.meta.preprocessing.image_size
-    gen = torch.Generator().manual_seed(0)
-    return [torch.randn(8, 3, size, size, generator=gen).numpy()], "random tensors (no images)"
+    return record_export(report, folder, fields, _versions())
 
 
 def _export_fp32(
@@ -187,7 +158,7 @@ def _export_fp32(
     force: bool,
 ) -> ExportReport:
     reference, model = reference_predictor(folder)
-    batches, source = _fp32_batches(reference, folder, data, max_images)
+    batches, source = verification_batches(reference, folder, data, max_images, "TFLite")
     with tempfile.TemporaryDirectory(prefix="cropdoc-tflite-") as tmp:
         staged = Path(tmp) / TFLITE_FILE
         _convert(model, reference.meta.arch, reference.meta.preprocessing.image_size, staged)
@@ -212,7 +183,7 @@ def _export_fp32(
         install_file(staged, target, folder)
     report = ExportReport("tflite", target, True, v, force, "litert-torch")
     report.size_bytes = target.stat().st_size
-    report.record = _record(report, folder, EXPORT_KEYS["tflite"])
+    report.record = _record(report, folder)
     return report
 
 
@@ -259,17 +230,11 @@ def _export_int8(
         )
         report = ExportReport("tflite-int8", target, False, v, force, "ai-edge-quantizer")
         if not v.passed and not force:
-            meta = read_meta(folder)
-            refused = {
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "weights_sha256": meta.weights_sha256,
-                "verification": asdict(v),
-            }
-            update_meta(folder, exports={**meta.exports, "tflite_int8_refused": refused})
+            record_refusal(folder, "tflite_int8_refused", v)
             return report
         install_file(staged, target, folder)
     report.written, report.size_bytes = True, target.stat().st_size
-    report.record = _record(report, folder, EXPORT_KEYS["tflite-int8"])
+    report.record = _record(report, folder)
     return report
 
 
