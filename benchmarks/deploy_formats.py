@@ -22,44 +22,21 @@ import contextlib
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from tests.helpers import static_server
 
-from cropdoc.bundle import BundleMeta, load_bundle, read_meta, save_bundle, update_meta
+from cropdoc.bundle import load_bundle, read_meta, update_meta
 from cropdoc.errors import CropdocError
 from cropdoc.export import export_int8, export_onnx, export_tflite, export_web
 from cropdoc.inference import LiteRtRunner, OnnxRunner, Predictor, TorchRunner
-from cropdoc.models import build, get_arch
-from cropdoc.preprocessing import Preprocessing
+from cropdoc.models import get_arch
 
-from .common import DATA, emit, machine, median, samples
+from .common import emit, machine, median, samples
+from .inference import make_bundle, time_calls
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
-
-
-def _make_bundle(arch: str, folder: Path, size: int) -> Path:
-    spec = get_arch(arch)
-    torch.manual_seed(0)
-    model = build(arch, classes=12, weights="none").eval()
-    classes = sorted(d.name for d in DATA.iterdir() if d.is_dir())
-    pre = Preprocessing.for_size(size, mean=spec.mean, std=spec.std)
-    save_bundle(folder, model, BundleMeta(arch=spec.name, classes=classes, preprocessing=pre))
-    return folder
-
-
-def _time(fn, batch: np.ndarray, reps: int) -> list[float]:
-    fn(batch)  # warm-up
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn(batch)
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def _exports(folder: Path, calib: list[Path] | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -115,7 +92,7 @@ def bench_bundle(
     rounds = 3
     for _ in range(rounds):  # interleaved rounds: load changes hit every backend alike
         for name, run in runners.items():
-            lat[name] += _time(run, x1, max(1, reps // rounds))
+            lat[name] += time_calls(run, x1, max(1, reps // rounds))
     return {
         "bundle": label,
         "arch": loaded.meta.arch,
@@ -199,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run = Path(shutil.copytree(given.resolve().parent, Path(tmp) / f"run{i}"))
             bundles.append((run / given.name, f"{given} (trained)", None))
         for arch in filter(None, args.archs.split(",")):
-            folder = _make_bundle(arch, Path(tmp) / arch, args.image_size)
+            folder = make_bundle(arch, Path(tmp) / arch, args.image_size)
             bundles.append((folder, f"{arch} random init", calib))
         for folder, label, images in bundles:
             row = bench_bundle(folder, label, reps, images, photos[0])

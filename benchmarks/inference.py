@@ -34,7 +34,8 @@ from .common import DATA, emit, machine, median, ratio, samples
 REAL_BUNDLE = Path(__file__).resolve().parents[1] / "runs" / "mini" / "model"
 
 
-def _make_bundle(arch: str, folder: Path, size: int) -> Path:
+def make_bundle(arch: str, folder: Path, size: int) -> Path:
+    """A random-init bundle of ``arch`` at ``size`` px with the benchmark data's 12 classes."""
     spec = get_arch(arch)
     torch.manual_seed(0)
     model = build(arch, classes=12, weights="none").eval()
@@ -45,7 +46,8 @@ def _make_bundle(arch: str, folder: Path, size: int) -> Path:
     return folder
 
 
-def _time(fn, batch: np.ndarray, reps: int) -> list[float]:
+def time_calls(fn, batch: np.ndarray, reps: int) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``fn(batch)``, after one warm-up call."""
     fn(batch)  # warm-up
     out = []
     for _ in range(reps):
@@ -79,8 +81,8 @@ def bench_bundle(folder: Path, label: str, reps: int, calib: list[Path]) -> dict
     rounds = 3
     for _ in range(rounds):  # interleaved rounds: load changes hit every backend alike
         for name, run in runners.items():
-            lat[name] += _time(run, x1, max(1, reps // rounds))
-            thr[name] += [32 / s for s in _time(run, x32, 1)]
+            lat[name] += time_calls(run, x1, max(1, reps // rounds))
+            thr[name] += [32 / s for s in time_calls(run, x32, 1)]
     p50 = {k: median(v) * 1000 for k, v in lat.items()}
     ips = {k: median(v) for k, v in thr.items()}
     return {
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shutil.copytree(REAL_BUNDLE, real)
             rows.append(bench_bundle(real, "runs/mini (trained, 128 px)", reps, photos))
         for arch in args.archs.split(","):
-            folder = _make_bundle(arch, Path(tmp) / arch, args.image_size)
+            folder = make_bundle(arch, Path(tmp) / arch, args.image_size)
             rows.append(bench_bundle(folder, f"{arch} random init", reps, calib))
     result = {"benchmark": "inference", "rows": rows, "machine": machine()}
     emit(result)
