@@ -301,6 +301,25 @@ def test_onnx_gives_the_torch_ood_score(bundle: Path, tiny_data: Path, tmp_path:
     assert recorded_export(copy, "onnx") is None
 
 
+def test_int8_onnx_records_the_features_output_for_a_feature_score(
+    bundle: Path, tiny_data: Path, tmp_path: Path
+):
+    """A Mahalanobis bundle uses its INT8 file: the record lists the features output."""
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    from cropdoc.export import export_int8
+
+    copy = tmp_path / "model"
+    shutil.copytree(bundle, copy)
+    report = export_int8(copy, calibration=[tiny_data], force=True)
+    assert report.record["outputs"] == ["logits", "features"]
+    assert recorded_export(copy, "onnx_int8") == copy / "model.int8.onnx"
+    images = collect_images([tiny_data])[:4]
+    preds = load_predictor(copy, backend="onnx-int8").predict(images)
+    assert all(p.ok and np.isfinite(p.ood_score) for p in preds)
+
+
 def test_cli_predict_json_and_csv_fields(bundle: Path, tiny_data: Path, capsys):
     leaf = str(collect_images([tiny_data])[0])
     code, err = cli_in_process(["predict", str(bundle), leaf, "--json", "--backend", "torch"])

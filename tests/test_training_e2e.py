@@ -13,6 +13,7 @@ from conftest import tiny_config
 from cropdoc.bundle import load_bundle, read_meta
 from cropdoc.errors import ConfigError
 from cropdoc.training import trainer as trainer_mod
+from cropdoc.training.precision import slow_bf16_convs
 from cropdoc.training.trainer import HISTORY_COLUMNS
 from cropdoc.workflows import train
 
@@ -161,20 +162,29 @@ def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, m
         model = make_model()  # built as the stage trains it: frozen parts, BN modes
         trainable = [p.requires_grad for p in model.parameters()]
         probed.append(key)
-        return "bf16-mixed" if not all(trainable) else "32-true"
+        return "bf16-mixed" if not all(trainable) else "bf16-mixed+fp32-depthwise"
 
     monkeypatch.setattr(precision_mod, "probe_cpu_precision", fake_probe)
     seen: list[tuple[str, bool]] = []  # (stage name, autocast on?) per training forward
     real_epoch = trainer_mod.Trainer.train_one_epoch
 
+    depthwise: list[tuple[str, torch.dtype]] = []  # (stage, a slow depthwise conv's output)
+
     def spy(self, loader, desc):
-        handle = self.raw_model.register_forward_hook(
-            lambda m, i, o: seen.append((desc.split()[2], torch.is_autocast_enabled("cpu")))
-        )
+        stage = desc.split()[2]
+        handles = [
+            self.raw_model.register_forward_hook(
+                lambda m, i, o: seen.append((stage, torch.is_autocast_enabled("cpu")))
+            ),
+            slow_bf16_convs(self.raw_model)[0].register_forward_hook(
+                lambda m, i, o: depthwise.append((stage, o.dtype))
+            ),
+        ]
         try:
             return real_epoch(self, loader, desc)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     monkeypatch.setattr(trainer_mod.Trainer, "train_one_epoch", spy)
     config = tiny_config(stage_epochs=[1, 1, 1], runtime={"precision": "auto"})
@@ -186,13 +196,20 @@ def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, m
         "mobilenet_v3_small/all",
     ]
     assert result.precision == (
-        "feature_extraction bf16-mixed, adaptation bf16-mixed, refinement 32-true"
+        "feature_extraction bf16-mixed, adaptation bf16-mixed, refinement bf16-mixed+fp32-depthwise"
     )
     by_stage = {stage: {on for s, on in seen if s == stage} for stage, _ in seen}
     assert by_stage == {
         "feature_extraction": {True},
         "adaptation": {True},
-        "refinement": {False},
+        "refinement": {True},
+    }
+    # Only the refinement stage's mode keeps the slow depthwise convolutions in fp32.
+    dw = {stage: {d for s, d in depthwise if s == stage} for stage, _ in depthwise}
+    assert dw == {
+        "feature_extraction": {torch.bfloat16},
+        "adaptation": {torch.bfloat16},
+        "refinement": {torch.float32},
     }
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["precision"] == result.precision

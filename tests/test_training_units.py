@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from cropdoc.config import load_config
 from cropdoc.errors import BundleError, ConfigError
 from cropdoc.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint, save_checkpoint
 from cropdoc.training.early_stopping import EarlyStopping
-from cropdoc.training.precision import cpu_supports_bf16, resolve_precision
+from cropdoc.training.precision import (
+    BF16,
+    BF16_FP32_DEPTHWISE,
+    FP32,
+    cpu_supports_bf16,
+    precision_context,
+    resolve_precision,
+    slow_bf16_convs,
+)
 from cropdoc.training.recipe import (
     PRETRAINED_STAGES,
     SCRATCH_STAGES,
@@ -159,9 +168,53 @@ def test_precision_probe_measures_once_and_caches(tmp_path, monkeypatch):
 
     first = probe_cpu_precision(make, "mobilenet_v3_small", image_size=32, batch_size=2, steps=1)
     again = probe_cpu_precision(make, "mobilenet_v3_small", image_size=32, batch_size=2, steps=1)
-    assert first == again and first in ("bf16-mixed", "32-true")
+    assert first == again and first in (FP32, BF16, BF16_FP32_DEPTHWISE)
     assert len(calls) == 1
-    assert (tmp_path / "cropdoc" / "precision.json").is_file()
+    (entry,) = json.loads((tmp_path / "cropdoc" / "precision.json").read_text()).values()
+    # MobileNetV3 has 5x5 and stride-2 depthwise convolutions: all three modes were timed.
+    assert set(entry["s_per_step"]) == {FP32, BF16, BF16_FP32_DEPTHWISE}
+    assert entry["precision"] == first
+
+
+def _depthwise_net() -> torch.nn.Sequential:
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 1),  # dense (pointwise): stays bf16
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),  # 3x3 stride-1 depthwise: fast in bf16
+        nn.Conv2d(8, 8, 5, padding=2, groups=8),  # 5x5 depthwise: slow bf16 backward
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8),  # stride-2 depthwise: slow too
+        nn.Conv2d(8, 16, 3, padding=1, groups=2),  # grouped, not depthwise
+    )
+
+
+def test_fp32_depthwise_runs_only_the_slow_depthwise_convolutions_in_fp32():
+    net = _depthwise_net()
+    assert slow_bf16_convs(net) == [net[2], net[3]]
+    keys = list(net.state_dict())
+    dtypes: dict[int, torch.dtype] = {}
+    for i, m in enumerate(net):
+        m.register_forward_hook(lambda m, a, out, i=i: dtypes.__setitem__(i, out.dtype))
+    x = torch.randn(2, 3, 16, 16)
+    region = precision_context(BF16_FP32_DEPTHWISE, "cpu", net)
+    for _ in range(2):  # the region is reusable, as a torch.autocast object is
+        with region:
+            out = net(x)
+        assert torch.is_autocast_enabled("cpu") is False
+        assert dtypes == {
+            0: torch.bfloat16,
+            1: torch.bfloat16,
+            2: torch.float32,
+            3: torch.float32,
+            4: torch.bfloat16,
+        }
+        out.float().sum().backward()  # the graph crosses the precision boundary both ways
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+    # Nothing is left behind: plain forwards, the same parameters and state-dict keys.
+    assert all("forward" not in m.__dict__ for m in net)
+    assert list(net.state_dict()) == keys
+    with precision_context(BF16, "cpu", net):
+        net(x)
+    assert dtypes[2] == torch.bfloat16  # plain bf16 leaves them to autocast
 
 
 def _state() -> dict:

@@ -34,6 +34,7 @@ from .common import (
     compare_logits,
     install_file,
     onnx_fields,
+    onnx_outputs,
     preprocess_batches,
     record_export,
     record_refusal,
@@ -229,6 +230,7 @@ def export_int8(
     report.written, report.size_bytes = True, target.stat().st_size
     fields = {
         **onnx_fields(),
+        "outputs": onnx_outputs(target),
         "fp32_source": bundle_relative(fp32, folder),
         "quantized_ops": list(best.op_types),
     }

@@ -11,6 +11,15 @@ end (49 vs 72: depthwise convolution backward). The probe times a few training s
 fresh model, set up as the stage trains it, in both precisions and caches the winner per
 (architecture and trainable set, image size, CPU, torch version) in
 ``$XDG_CACHE_HOME/cropdoc/precision.json``.
+
+bf16 has one trap on CPUs: the backward pass of a *depthwise* convolution with a 5x5
+kernel or a stride of 2 is 3-5x slower in bf16 than in fp32 (oneDNN; per-shape figures in
+BENCHMARKS.md, ``benchmarks/depthwise.py``), while 3x3 stride-1 depthwise and every dense
+convolution are faster in bf16. EfficientNet and MobileNetV3 are full of both kinds, so
+the probe also times a third mode, :data:`BF16_FP32_DEPTHWISE`: bf16 autocast with just
+those convolutions run in fp32 (:func:`fp32_depthwise`). On the machine the benchmarks ran
+on it trains EfficientNet-Lite0 end to end 1.6x faster than plain bf16 and 1.9x faster
+than fp32.
 """
 
 from __future__ import annotations
@@ -20,8 +29,8 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,18 +42,105 @@ from ..io import atomic_write_json
 from ..models import apply_policy, build, get_arch, set_train_mode
 
 __all__ = [
+    "BF16",
+    "BF16_FP32_DEPTHWISE",
+    "FP32",
     "PrecisionPlan",
     "cpu_probe_applies",
     "cpu_supports_bf16",
+    "fp32_depthwise",
     "plan_precision",
     "probe_cpu_precision",
     "probe_stage_precision",
     "resolve_precision",
+    "slow_bf16_convs",
 ]
 
 _logger = logging.getLogger(__name__)
 
 _EXPLICIT = {"32": "32-true", "bf16": "bf16-mixed", "16": "16-mixed"}
+
+#: The modes a stage can train in on a CPU: Fabric's fp32 and bf16 autocast, and bf16
+#: autocast with the depthwise convolutions whose bf16 backward is slow kept in fp32.
+FP32, BF16, BF16_FP32_DEPTHWISE = "32-true", "bf16-mixed", "bf16-mixed+fp32-depthwise"
+_BF16_MODES = (BF16, BF16_FP32_DEPTHWISE)
+#: Bumped when the probe's candidates change, so older cached answers are measured again.
+_PROBE_VERSION = 2
+
+
+def slow_bf16_convs(model: nn.Module) -> list[nn.Conv2d]:
+    """The depthwise convolutions whose bf16 backward is slow on CPUs: kernel > 3 or stride > 1.
+
+    Measured per shape (``benchmarks/depthwise.py``): with a 5x5 kernel or a stride of 2
+    the bf16 backward of a depthwise convolution is 2.5-5x slower than fp32's; 3x3 stride-1
+    depthwise convolutions are faster in bf16. Dense and pointwise convolutions are not
+    depthwise and never listed.
+    """
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d)
+        and m.groups > 1
+        and m.groups == m.in_channels == m.out_channels
+        and (max(m.kernel_size) > 3 or max(m.stride) > 1)
+    ]
+
+
+@contextmanager
+def fp32_depthwise(model: nn.Module, device_type: str = "cpu") -> Iterator[int]:
+    """Run :func:`slow_bf16_convs` in fp32 inside an autocast region; yields their count.
+
+    Each such convolution's ``forward`` is wrapped (on the instance, so its own forward,
+    timm's ``Conv2dSame`` padding included, still runs) to switch autocast off and take an
+    fp32 input; its backward then runs in fp32 too. Parameters, buffers and state-dict keys
+    are untouched, and the wrappers are removed on exit.
+    """
+    patched: list[tuple[nn.Module, object]] = []
+    for conv in slow_bf16_convs(model):
+        own = conv.__dict__.get("forward")  # an instance forward someone else set, if any
+        inner = conv.forward
+
+        def forward(x: torch.Tensor, _inner=inner) -> torch.Tensor:
+            with torch.autocast(device_type, enabled=False):
+                return _inner(x.float())
+
+        conv.forward = forward  # type: ignore[method-assign]
+        patched.append((conv, own))
+    try:
+        yield len(patched)
+    finally:
+        for conv, own in patched:
+            if own is None:
+                del conv.forward
+            else:
+                conv.forward = own  # type: ignore[method-assign]
+
+
+class precision_context(AbstractContextManager):  # noqa: N801 - used like a function
+    """The region one training step of ``mode`` runs its forward in (reusable: each
+    ``with`` enters it afresh, as ``torch.autocast`` objects are).
+
+    ``model``: needed for :data:`BF16_FP32_DEPTHWISE` (its slow depthwise convolutions
+    are switched to fp32 for the region); the other modes are plain autocast settings.
+    """
+
+    def __init__(self, mode: str, device_type: str, model: nn.Module | None = None) -> None:
+        self.mode, self.device_type, self.model = mode, device_type, model
+        self._stack: ExitStack | None = None
+
+    def __enter__(self) -> precision_context:
+        stack = ExitStack()
+        stack.enter_context(
+            torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.mode in _BF16_MODES)
+        )
+        if self.mode == BF16_FP32_DEPTHWISE and self.model is not None:
+            stack.enter_context(fp32_depthwise(self.model, self.device_type))
+        self._stack = stack
+        return self
+
+    def __exit__(self, *exc: object) -> bool | None:
+        stack, self._stack = self._stack, None
+        return stack.__exit__(*exc) if stack is not None else None
 
 
 def cpu_supports_bf16() -> bool:
@@ -70,31 +166,33 @@ def _cpu_name() -> str:
 
 
 def _time_steps(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int
-) -> tuple[float, float]:
-    """Seconds per training step in fp32 and in bf16 autocast.
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, modes: list[str]
+) -> dict[str, float]:
+    """Seconds per training step in each of ``modes`` (:data:`FP32`, :data:`BF16`, ...).
 
-    The two are timed alternately and the fastest step of each is kept: on a shared machine
-    a burst of other work slows whichever step it hits, and the minimum is the figure such
-    a burst cannot inflate, so a busy moment does not get cached as the machine's answer.
+    The modes are timed in turn, round after round, and the fastest step of each is kept:
+    on a shared machine a burst of other work slows whichever step it hits, and the minimum
+    is the figure such a burst cannot inflate, so a busy moment does not get cached as the
+    machine's answer.
     """
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
-    def step(bf16: bool) -> float:
+    def step(mode: str) -> float:
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with precision_context(mode, "cpu", model):
             loss = nn.functional.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return time.perf_counter() - start
 
-    step(False), step(True)  # warm-up: kernel selection, allocator
-    fp32, bf16 = [], []
+    for mode in modes:  # warm-up: kernel selection, allocator
+        step(mode)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(rounds):
-        fp32.append(step(False))
-        bf16.append(step(True))
-    return min(fp32), min(bf16)
+        for mode in modes:
+            times[mode].append(step(mode))
+    return {mode: min(t) for mode, t in times.items()}
 
 
 def probe_cpu_precision(
@@ -105,7 +203,11 @@ def probe_cpu_precision(
     batch_size: int = 8,
     steps: int = 3,
 ) -> str:
-    """Return ``"bf16-mixed"`` or ``"32-true"``, whichever trains faster here (cached).
+    """Return the mode that trains fastest here: :data:`FP32`, :data:`BF16` or
+    :data:`BF16_FP32_DEPTHWISE` (cached).
+
+    The last is a candidate only when the model has :func:`slow_bf16_convs`. fp32 is the
+    numerically safer default, so a bf16 mode must beat it by 10 %, not by noise.
 
     Args:
         make_model: builds a fresh model (weights need not be pretrained), with the layers
@@ -113,10 +215,10 @@ def probe_cpu_precision(
         key: identifies the architecture (and trainable set) in the cache.
         image_size: the training input size.
         batch_size: the probe's batch (small, to keep the probe to a few seconds).
-        steps: timed steps per precision (alternating, fastest kept) after a warm-up.
+        steps: timed steps per mode (in turn, fastest kept) after a warm-up.
     """
     cache = _cache_file()
-    cache_key = f"{key}|{image_size}|{_cpu_name()}|torch {torch.__version__}"
+    cache_key = f"{key}|{image_size}|{_cpu_name()}|torch {torch.__version__}|probe {_PROBE_VERSION}"
     try:
         known = json.loads(cache.read_text()) if cache.is_file() else {}
     except (OSError, json.JSONDecodeError):
@@ -128,19 +230,19 @@ def probe_cpu_precision(
         memory_format=torch.channels_last
     )
     y = torch.randint(0, 2, (batch_size,))
-    fp32, bf16 = _time_steps(model, x, y, rounds=steps)
-    # fp32 is the numerically safer default: bf16 must win clearly, not by noise.
-    choice = "bf16-mixed" if bf16 < 0.9 * fp32 else "32-true"
+    modes = [FP32, BF16] + ([BF16_FP32_DEPTHWISE] if slow_bf16_convs(model) else [])
+    times = _time_steps(model, x, y, rounds=steps, modes=modes)
+    bf16 = min(modes[1:], key=times.__getitem__)
+    choice = bf16 if times[bf16] < 0.9 * times[FP32] else FP32
     _logger.info(
-        "precision probe for %s at %d px: fp32 %.0f img/s, bf16 %.0f img/s -> %s (cached in %s)",
+        "precision probe for %s at %d px: %s -> %s (cached in %s)",
         key,
         image_size,
-        batch_size / fp32,
-        batch_size / bf16,
+        ", ".join(f"{mode} {batch_size / t:.0f} img/s" for mode, t in times.items()),
         choice,
         cache,
     )
-    known[cache_key] = {"precision": choice, "fp32_s_per_step": fp32, "bf16_s_per_step": bf16}
+    known[cache_key] = {"precision": choice, "s_per_step": times}
     try:
         atomic_write_json(cache, known)
     except OSError as e:  # a read-only home must not stop training
@@ -204,9 +306,9 @@ class PrecisionPlan:
 
     Attributes:
         fabric: the Fabric precision string (``"32-true"``, ``"bf16-mixed"``, ``"16-mixed"``).
-        by_stage: stage name → ``"bf16-mixed"`` or ``"32-true"`` when measured per stage
-            (``auto`` on a bf16 CPU); Fabric then runs fp32 and those stages run under
-            bf16 autocast. Empty: Fabric's precision everywhere.
+        by_stage: stage name → :data:`FP32`, :data:`BF16` or :data:`BF16_FP32_DEPTHWISE`
+            when measured per stage (``auto`` on a bf16 CPU); Fabric then runs fp32 and
+            the bf16 stages run under bf16 autocast. Empty: Fabric's precision everywhere.
     """
 
     fabric: str
@@ -216,10 +318,14 @@ class PrecisionPlan:
         """The precision stage ``name`` trains in."""
         return self.by_stage.get(name, self.fabric)
 
-    def autocast(self, stage: str | None, device_type: str) -> AbstractContextManager:
-        """bf16 autocast for a stage measured faster in it (inside Fabric's own, which wins)."""
-        bf16 = stage is not None and self.by_stage.get(stage) == "bf16-mixed"
-        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
+    def autocast(
+        self, stage: str | None, device_type: str, model: nn.Module | None = None
+    ) -> AbstractContextManager:
+        """The forward's autocast for a stage measured faster in bf16 (inside Fabric's own,
+        which wins); for :data:`BF16_FP32_DEPTHWISE`, ``model``'s slow depthwise
+        convolutions run in fp32 inside it."""
+        mode = self.by_stage.get(stage, FP32) if stage is not None else FP32
+        return precision_context(mode, device_type, model)
 
     def describe(self) -> str:
         """``bf16-mixed``, or per stage: ``feature_extraction bf16-mixed, refinement 32-true``."""
