@@ -9,6 +9,12 @@ compilation takes minutes).
     python -m benchmarks.compute_only --archs mobilenet_v3_small --stages 3
     python -m benchmarks.compute_only --archs resnet50 --stages 3 --threads 2 \\
         --formats cl --precisions bf16 --profile
+    python -m benchmarks.compute_only --archs timm/tf_efficientnet_lite0 --stages 3 \\
+        --threads 2 --formats cl --precisions fp32,bf16,bf16dw
+
+Precisions: ``fp32``, ``bf16`` (autocast) and ``bf16dw`` (autocast with the depthwise
+convolutions whose bf16 backward is slow kept in fp32: the product's
+``bf16-mixed+fp32-depthwise`` mode).
 """
 
 from __future__ import annotations
@@ -21,10 +27,12 @@ import torch
 from torch import nn
 
 from cropdoc.models import apply_policy, build, get_arch, set_train_mode
+from cropdoc.training.precision import BF16, BF16_FP32_DEPTHWISE, FP32, precision_context
 
 from .common import emit, machine
 
 TRAINABLE = {1: "head", 2: "partial", 3: "all"}
+MODES = {"fp32": FP32, "bf16": BF16, "bf16dw": BF16_FP32_DEPTHWISE}
 
 
 def _setup(arch: str, stage: int, channels_last: bool, size: int, batch: int):
@@ -42,8 +50,8 @@ def _setup(arch: str, stage: int, channels_last: bool, size: int, batch: int):
     return model, opt, x, y
 
 
-def _step(model: nn.Module, opt, x, y, bf16: bool) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+def _step(model: nn.Module, opt, x, y, mode: str) -> None:
+    with precision_context(mode, "cpu", model):
         loss = nn.functional.cross_entropy(model(x).float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -51,12 +59,12 @@ def _step(model: nn.Module, opt, x, y, bf16: bool) -> None:
     opt.step()
 
 
-def _rate(model, opt, x, y, bf16: bool, steps: int) -> float:
-    _step(model, opt, x, y, bf16)  # warm-up: kernel selection, allocator
+def _rate(model, opt, x, y, mode: str, steps: int) -> float:
+    _step(model, opt, x, y, mode)  # warm-up: kernel selection, allocator
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        _step(model, opt, x, y, bf16)
+        _step(model, opt, x, y, mode)
         times.append(time.perf_counter() - t)
     return len(x) / min(times)
 
@@ -76,21 +84,21 @@ def measure(
 ) -> dict[str, Any]:
     torch.set_num_threads(threads)
     model, opt, x, y = _setup(arch, stage, fmt == "cl", size, batch)
-    bf16 = precision == "bf16"
+    mode = MODES[precision]
     row: dict[str, Any] = {
         "arch": arch,
         "stage": stage,
         "threads": threads,
         "format": fmt,
         "precision": precision,
-        "images_per_s": _rate(model, opt, x, y, bf16, steps),
+        "images_per_s": _rate(model, opt, x, y, mode, steps),
     }
     if profile:
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
-            _step(model, opt, x, y, bf16)
+            _step(model, opt, x, y, mode)
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events) or 1.0
         row["top_ops_self_cpu_share"] = {
@@ -99,13 +107,13 @@ def measure(
     if compile_:
         compiled = torch.compile(model)
         t = time.perf_counter()
-        _step(compiled, opt, x, y, bf16)
+        _step(compiled, opt, x, y, mode)
         row["compile_first_step_s"] = time.perf_counter() - t
         # Interleaved so a load change hits both alike.
         eager, comp = [], []
         for _ in range(2):
-            comp.append(_rate(compiled, opt, x, y, bf16, steps))
-            eager.append(_rate(model, opt, x, y, bf16, steps))
+            comp.append(_rate(compiled, opt, x, y, mode, steps))
+            eager.append(_rate(model, opt, x, y, mode, steps))
         row["compiled_images_per_s"], row["eager_images_per_s"] = comp, eager
     return row
 
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--stages", default="1,3")
     p.add_argument("--threads", default="1,2")
     p.add_argument("--formats", default="nchw,cl", help="nchw and/or cl (channels_last)")
-    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--precisions", default="fp32,bf16", help=f"comma-separated of {list(MODES)}")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps; the fastest counts")

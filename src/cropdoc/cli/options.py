@@ -215,7 +215,11 @@ class TrainingOptions:
         int | None, _opt(metavar="N", help="Processes/GPUs; more than 1 runs DDP.")
     ] = None
     precision: Annotated[
-        Precision | None, _opt(help="auto: measured per stage, bf16 only where it is faster.")
+        Precision | None,
+        _opt(
+            help="auto: measured per stage; bf16 (or bf16 with the slow depthwise "
+            "convolutions in fp32) only where it is faster."
+        ),
     ] = None
     seed: Annotated[int | None, _opt(metavar="N", help="Seed of the split, init and order.")] = None
     deterministic: Annotated[
