@@ -13,13 +13,14 @@ fresh model, set up as the stage trains it, in both precisions and caches the wi
 ``$XDG_CACHE_HOME/cropdoc/precision.json``.
 
 bf16 has one trap on CPUs: the backward pass of a *depthwise* convolution with a 5x5
-kernel or a stride of 2 is 3-5x slower in bf16 than in fp32 (oneDNN; per-shape figures in
-BENCHMARKS.md, ``benchmarks/depthwise.py``), while 3x3 stride-1 depthwise and every dense
-convolution are faster in bf16. EfficientNet and MobileNetV3 are full of both kinds, so
-the probe also times a third mode, :data:`BF16_FP32_DEPTHWISE`: bf16 autocast with just
-those convolutions run in fp32 (:func:`fp32_depthwise`). On the machine the benchmarks ran
-on it trains EfficientNet-Lite0 end to end 1.6x faster than plain bf16 and 1.9x faster
-than fp32.
+kernel or a stride of 2 was 2.6-13x slower in bf16 than in fp32 on the AMD EPYC the
+benchmarks last ran on (per-shape figures in BENCHMARKS.md, ``benchmarks/depthwise.py``),
+while 3x3 stride-1 depthwise convolutions were faster in bf16. EfficientNet and
+MobileNetV3 have both kinds, so the probe also times a third mode,
+:data:`BF16_FP32_DEPTHWISE`: bf16 autocast with just those convolutions run in fp32
+(:func:`fp32_depthwise`). There, compute alone, EfficientNet-B0 trained end to end at 21.9
+img/s against 15.3 in bf16 and 13.5 in fp32, and a full fine-tuning epoch of the
+pretrained EfficientNet-Lite0 in the quality benchmark fell from 55-67 s to 45-55 s.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ def slow_bf16_convs(model: nn.Module) -> list[nn.Conv2d]:
     """The depthwise convolutions whose bf16 backward is slow on CPUs: kernel > 3 or stride > 1.
 
     Measured per shape (``benchmarks/depthwise.py``): with a 5x5 kernel or a stride of 2
-    the bf16 backward of a depthwise convolution is 2.5-5x slower than fp32's; 3x3 stride-1
-    depthwise convolutions are faster in bf16. Dense and pointwise convolutions are not
+    the bf16 backward of a depthwise convolution was 2.6-13x slower than fp32's; 3x3
+    stride-1 depthwise convolutions were faster in bf16. Dense and pointwise convolutions are not
     depthwise and never listed.
     """
     return [
@@ -87,8 +88,8 @@ def slow_bf16_convs(model: nn.Module) -> list[nn.Conv2d]:
 
 
 @contextmanager
-def fp32_depthwise(model: nn.Module, device_type: str = "cpu") -> Iterator[int]:
-    """Run :func:`slow_bf16_convs` in fp32 inside an autocast region; yields their count.
+def fp32_depthwise(model: nn.Module, device_type: str = "cpu") -> Iterator[None]:
+    """Run :func:`slow_bf16_convs` in fp32 inside an autocast region.
 
     Each such convolution's ``forward`` is wrapped (on the instance, so its own forward,
     timm's ``Conv2dSame`` padding included, still runs) to switch autocast off and take an
@@ -107,7 +108,7 @@ def fp32_depthwise(model: nn.Module, device_type: str = "cpu") -> Iterator[int]:
         conv.forward = forward  # type: ignore[method-assign]
         patched.append((conv, own))
     try:
-        yield len(patched)
+        yield
     finally:
         for conv, own in patched:
             if own is None:
