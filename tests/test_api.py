@@ -81,6 +81,7 @@ def test_train_options_reach_the_config(trained: cropdoc.Run) -> None:
     assert meta.preprocessing.image_size == 32
     assert [s["epochs"] for s in meta.recipe] == [1, 1, 1]
     assert meta.training.weights == "none"
+    assert meta.training.drop_path == 0.0  # MobileNetV3-Small has no stochastic depth
     assert trained.result.epochs_run == 3
 
 
@@ -112,6 +113,14 @@ def test_evaluate_and_export(trained: cropdoc.Run, tiny_data: Path, tmp_path: Pa
     assert cropdoc.load(trained.bundle_dir).meta.exports["onnx"]
     with pytest.raises(cropdoc.CropdocError, match="format"):
         model.export("pdf")
+
+
+def test_drop_path_the_architecture_cannot_take_fails_before_the_scan(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(cropdoc.CropdocError, match="has no stochastic depth"):
+        cropdoc.train(tiny_data, out=tmp_path / "x", arch="resnet50", drop_path=0.1)
+    assert not (tmp_path / "x" / "scan_report.json").exists()
 
 
 def test_unknown_option_is_refused(tiny_data: Path, tmp_path: Path) -> None:

@@ -171,6 +171,7 @@ def test_three_stages_on_real_imagenet_features_and_resume(
     # The bundle carries timm's preprocessing for the model: 0.5/0.5, bicubic, crop 0.875.
     meta = read_meta(tmp_path / "ref" / "model")
     assert meta.arch == ARCH
+    assert meta.training.drop_path == 0.2  # timm's stochastic depth, cropdoc's default rate
     p = meta.preprocessing
     assert (p.image_size, p.resize_size, p.interpolation) == (64, 73, "bicubic")
     assert p.mean == p.std == (0.5, 0.5, 0.5)

@@ -180,3 +180,50 @@ def test_vit_runs_at_the_training_size_not_only_its_pretraining_size():
     model = build("timm/vit_tiny_patch16_224", classes=2, weights="none").eval()
     with torch.inference_mode():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
+
+
+def _drop_rates(model: nn.Module) -> list[float]:
+    from torchvision.ops import StochasticDepth
+
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, timm.layers.DropPath)]
+    return rates + [m.p for m in model.modules() if isinstance(m, StochasticDepth)]
+
+
+def test_stochastic_depth_rate_per_family_default_and_refusals():
+    # timm models that take drop_path_rate train at 0.2 by default; the deepest block's
+    # rate is the configured one (timm scales it linearly down to 0 at the first block).
+    for name in ("timm/tf_efficientnet_lite0", "timm/convnext_atto", "timm/resnet18"):
+        spec = get_arch(name)
+        assert (spec.drop_path_arg, spec.drop_path) == ("drop_path_rate", 0.2), name
+
+    def rates(arch: str, drop_path: float | None = None) -> list[float]:
+        with torch.device("meta"):
+            return _drop_rates(build(arch, classes=3, weights=None, drop_path=drop_path))
+
+    lite0 = rates("timm/tf_efficientnet_lite0")
+    assert len(lite0) == 15 and max(lite0) == pytest.approx(0.2 * 15 / 16)
+    assert max(rates("timm/convnext_atto", 0.3)) == pytest.approx(0.3)
+    assert rates("timm/tf_efficientnet_lite0", 0) == []
+    # torchvision: EfficientNet-B0's own stochastic depth (0.2 unless set), none in ResNet-50.
+    assert max(rates("efficientnet_b0")) == pytest.approx(0.2 * 15 / 16)
+    assert max(rates("efficientnet_b0", 0.4)) == pytest.approx(0.4 * 15 / 16)
+    assert rates("resnet50", 0.0) == []
+    # A timm model without stochastic depth (VGG) gets none, and a rate is refused.
+    vgg = get_arch("timm/vgg11")
+    assert (vgg.drop_path_arg, vgg.drop_path) == (None, 0.0)
+    for arch in ("resnet50", "mobilenet_v3_small", "timm/vgg11"):
+        with pytest.raises(ConfigError, match="has no stochastic depth"):
+            build(arch, classes=3, weights=None, drop_path=0.1)
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        build("timm/tf_efficientnet_lite0", classes=3, weights=None, drop_path=1.0)
+
+
+def test_drop_path_acts_in_training_only():
+    torch.manual_seed(0)
+    model = build("timm/tf_efficientnet_lite0", classes=3, weights=None, drop_path=0.5)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+        model.train()
+        assert not torch.allclose(model(x), model(x))

@@ -70,6 +70,8 @@ class TrainingInfo(BaseModel):
     seed: int | None = None
     #: The precision plan's description: ``bf16-mixed``, or per stage when they differ.
     precision: str = ""
+    #: The stochastic-depth rate trained with (``None``: not recorded, an older bundle).
+    drop_path: float | None = None
 
 
 class OodInfo(BaseModel):

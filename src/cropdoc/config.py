@@ -100,6 +100,13 @@ class OptimConfig(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    drop_path: float | Literal["auto"] = Field(
+        "auto",
+        description="stochastic depth: the chance the deepest residual block is skipped in a "
+        "training step (less for earlier blocks); auto: the architecture's own (0.2 for "
+        "EfficientNet-B0 and the timm models that have it, none for ResNet-50 and "
+        "MobileNetV3-Small)",
+    )
     clip_grad_norm: float | None = Field(1.0, gt=0)
     eta_min: float = Field(1e-7, ge=0)
     patience: int = Field(5, ge=1)
@@ -117,6 +124,13 @@ class OptimConfig(_Strict):
         "update = all follow the data; auto: fixed for pretrained weights, update for "
         "weights=none",
     )
+
+    @field_validator("drop_path")
+    @classmethod
+    def _drop_path_is_a_probability(cls, v: float | str) -> float | str:
+        if v != "auto" and not 0 <= v < 1:
+            raise ValueError(f"drop_path must be in [0, 1) or auto, got {v}")
+        return v
 
 
 class RuntimeConfig(_Strict):
@@ -261,6 +275,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "classes": ("data", "classes"),
     "weight_decay": ("optim", "weight_decay"),
     "label_smoothing": ("optim", "label_smoothing"),
+    "drop_path": ("optim", "drop_path"),
     "patience": ("optim", "patience"),
     "device": ("runtime", "accelerator"),
     "devices": ("runtime", "devices"),

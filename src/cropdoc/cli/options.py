@@ -206,6 +206,15 @@ class TrainingOptions:
     label_smoothing: Annotated[
         float | None, _opt(metavar="EPS", help="Cross-entropy label smoothing.")
     ] = None
+    drop_path: Annotated[
+        float | None,
+        _opt(
+            metavar="P",
+            help="Stochastic depth: the chance the deepest residual block is skipped per "
+            "training step; default: the architecture's own (0.2 for EfficientNet-B0 and "
+            "timm models that have it).",
+        ),
+    ] = None
     patience: Annotated[
         int | None,
         _opt(metavar="EPOCHS", help="Early stopping: epochs without a better val macro-F1."),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from .cam import CamTarget as CamTarget
 from .cam import cam_target as cam_target
 from .factory import build as build
+from .factory import drop_path_rate as drop_path_rate
 from .features import LogitsAndFeatures as LogitsAndFeatures
 from .features import split_head as split_head
 from .freeze import BatchNormPolicy as BatchNormPolicy
@@ -48,6 +49,7 @@ __all__ = [
     "build",
     "build_head",
     "cam_target",
+    "drop_path_rate",
     "freeze_backbone",
     "full_unfreeze",
     "get_arch",

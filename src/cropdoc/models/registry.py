@@ -201,6 +201,9 @@ register_arch(
         gflops_224=0.80,
         stage2_prefixes=_top_blocks("features", _EFFICIENTNET_B0_BLOCKS),
         int8_op_types=("Conv", "Sigmoid", "Mul", "Add"),
+        # torchvision's own default, the rate its ImageNet weights were trained with.
+        drop_path_arg="stochastic_depth_prob",
+        drop_path=0.2,
     )
 )
 register_arch(

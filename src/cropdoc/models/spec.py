@@ -69,6 +69,12 @@ class ArchSpec:
             EfficientNet-B0 adds its SiLU and squeeze-excitation ops (Sigmoid, Mul, Add):
             left fp32, they put a dequantize/quantize pair around every convolution;
             measured at 224 px, batch 1: 16.7 ms with convolutions only, 10.2 ms with them.
+        drop_path_arg: The builder's keyword for the stochastic-depth rate (the chance
+            the deepest residual block is skipped in a training step, less for earlier
+            blocks): ``stochastic_depth_prob`` for torchvision's EfficientNet,
+            ``drop_path_rate`` for the timm models that take it; ``None``: the
+            architecture has no stochastic depth.
+        drop_path: The rate cropdoc trains with unless ``optim.drop_path`` says otherwise.
         timm: For a timm model, the timm name and where its weights live; ``None`` for
             the torchvision architectures.
     """
@@ -88,4 +94,6 @@ class ArchSpec:
     resize_ratio: float = EVAL_RESIZE_RATIO
     gflops_224: float = 1.0
     int8_op_types: tuple[str, ...] = ("Conv",)
+    drop_path_arg: str | None = None
+    drop_path: float = 0.0
     timm: TimmSource | None = None

@@ -16,6 +16,9 @@ pretrained config, what the torchvision specs in ``registry.py`` write by hand:
   module-name prefixes that cover exactly those parameters;
 * **preprocessing**: input size, mean/std, interpolation and ``1 / crop_pct`` from
   ``timm.data.resolve_model_data_config``;
+* **stochastic depth**: ``drop_path_rate`` when the model has it (built with a rate, it
+  holds timm's ``DropPath`` modules), trained at 0.2 by default (torchvision's
+  EfficientNet rate; on the pretrained Lite0 it measured +1 test point, BENCHMARKS.md);
 * **cost and INT8 ops**: FLOPs of one 224 px forward (``FlopCounterMode``; 1.0 when a
   model cannot be counted), and ``("Conv",)`` plus ``"MatMul"`` when the backbone has
   linear layers (transformers, ConvNeXt), for ``export --int8``, which falls back to
@@ -61,6 +64,8 @@ HEAD_ATTR = "head"
 _STAGE2_FROZEN_TENTHS = 7
 _FLOP_SIZE = 224
 _DEFAULT_GFLOPS = 1.0
+# The stochastic-depth rate timm models train with by default (when they have it).
+_DROP_PATH = 0.2
 
 # Activation class names (lower case, any class in the MRO) -> the head's activation.
 _ACTIVATION_FAMILIES: dict[str, type[nn.Module]] = {
@@ -111,27 +116,46 @@ def is_timm_name(name: object) -> bool:
     return isinstance(name, str) and name.strip().lower().startswith(TIMM_PREFIX)
 
 
-def build_timm_model(model_name: str, *, weights: None = None) -> TimmClassifier:
+def build_timm_model(
+    model_name: str, *, weights: None = None, drop_path_rate: float | None = None
+) -> TimmClassifier:
     """The spec's builder: a randomly initialised backbone behind a placeholder head.
 
     Weights are always loaded by :mod:`cropdoc.models.weights` (never by timm), so a
-    file's fit is checked strictly and an offline machine fails fast.
+    file's fit is checked strictly and an offline machine fails fast. ``drop_path_rate``
+    is passed to timm when given (the spec says whether the model takes it).
     """
     if weights is not None:
         raise ValueError("timm backbones are built without weights; cropdoc loads them")
-    return TimmClassifier(_create(_import_timm(), model_name))
+    extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+    return TimmClassifier(_create(_import_timm(), model_name, **extra))
 
 
-def _create(timm: Any, model_name: str) -> nn.Module:
+def _create(timm: Any, model_name: str, **kwargs: Any) -> nn.Module:
     """The backbone without classifier; a model that can take any input size (ViT, Swin,
     DeiT: ``dynamic_img_size``) is asked to, so it trains at the configured image size
     instead of failing on one that differs from its pretraining size."""
     try:
-        return timm.create_model(model_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+        return timm.create_model(
+            model_name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs
+        )
     except TypeError as e:
         if "dynamic_img_size" not in str(e):
             raise
-    return timm.create_model(model_name, pretrained=False, num_classes=0)
+    return timm.create_model(model_name, pretrained=False, num_classes=0, **kwargs)
+
+
+def _has_drop_path(timm: Any, model_name: str) -> bool:
+    """Whether the model has stochastic depth: built with a ``drop_path_rate`` on the meta
+    device, it holds ``DropPath`` modules (a model that does not take the keyword, or
+    cannot be built there, gets none)."""
+    try:
+        with torch.device("meta"):
+            backbone = _create(timm, model_name, drop_path_rate=0.1)
+    except Exception as e:  # noqa: BLE001 - no such keyword, or no meta build: no drop path
+        logger.debug("%s built with drop_path_rate failed (%s): no stochastic depth", model_name, e)
+        return False
+    return any(isinstance(m, timm.layers.DropPath) for m in backbone.modules())
 
 
 def derive_timm_spec(name: str) -> ArchSpec:
@@ -155,6 +179,7 @@ def derive_timm_spec(name: str) -> ArchSpec:
         raise ConfigError(_unknown_message(timm, model_name or "<empty>"))
     backbone = _meta_backbone(timm, model_name, tag)
     width, gflops = _measure(backbone)
+    drops = _has_drop_path(timm, model_name)
     cfg = timm.data.resolve_model_data_config(backbone)
     pretrained = dict(getattr(backbone, "pretrained_cfg", None) or {})
     spec = ArchSpec(
@@ -172,6 +197,8 @@ def derive_timm_spec(name: str) -> ArchSpec:
         resize_ratio=1.0 / float(cfg.get("crop_pct") or 0.875),
         gflops_224=gflops,
         int8_op_types=("Conv", "MatMul") if _has_linear(backbone) else ("Conv",),
+        drop_path_arg="drop_path_rate" if drops else None,
+        drop_path=_DROP_PATH if drops else 0.0,
         timm=TimmSource(
             model_name=model_name,
             hf_hub_id=pretrained.get("hf_hub_id") or None,

@@ -39,7 +39,7 @@ from ..data.split import SplitManifest, make_split
 from ..data.transforms import build_eval_transform
 from ..errors import ConfigError, DataError
 from ..io import atomic_write_json, atomic_write_text
-from ..models import ArchSpec, BatchNormPolicy, build, get_arch
+from ..models import ArchSpec, BatchNormPolicy, build, drop_path_rate, get_arch
 from ..preprocessing import Preprocessing
 from .checkpoint import load_checkpoint
 from .curves import plot_curves
@@ -299,8 +299,15 @@ def _bundle_meta(
             balance=config.data.balance,
             seed=config.runtime.seed,
             precision=plan.describe(),
+            drop_path=_drop_path(spec, config),
         ),
     )
+
+
+def _drop_path(spec: ArchSpec, config: TrainConfig) -> float:
+    """The run's stochastic-depth rate (``optim.drop_path``, else the architecture's)."""
+    rate = config.optim.drop_path
+    return drop_path_rate(spec, None if rate == "auto" else rate)
 
 
 def _pretrained(config: TrainConfig) -> bool:
@@ -322,7 +329,10 @@ def _make_trainer(
 ) -> tuple[Trainer, dict[str, Any]]:
     """The model (BatchNorm policy applied), its loaders and the trainer that runs it."""
     n_classes, rt = len(manifest.classes), config.runtime
-    model = bn.apply(build(spec.name, classes=n_classes, weights=config.weights))
+    model = build(
+        spec.name, classes=n_classes, weights=config.weights, drop_path=_drop_path(spec, config)
+    )
+    model = bn.apply(model)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     preprocessing = Preprocessing.for_size(
@@ -438,6 +448,7 @@ def train(
     spec = get_arch(config.arch)
     config = config.model_copy(update={"arch": spec.name})
     stages = resolve_stages(config)
+    _drop_path(spec, config)  # a rate the architecture cannot take fails before the scan
     bn = BatchNormPolicy.resolve(
         config.optim.bn_stats, config.optim.bn_momentum, pretrained=_pretrained(config)
     )
