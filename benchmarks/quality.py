@@ -1,6 +1,6 @@
 """Quality of the recipe on real leaves: test macro-F1, accuracy, ECE, time, side by side.
 
-    python -m benchmarks.quality                       # every row (about an hour on 2 cores)
+    python -m benchmarks.quality                       # every row (about 2.5 hours on 2 cores)
     python -m benchmarks.quality --rows seed-224,ours-160
 
 Each row trains through the public API (``cropdoc.train``: the three stages, temperature
@@ -53,6 +53,10 @@ ROWS: dict[str, dict[str, Any]] = {
     "fast-fixed-bn-160": {**LITE0, "stages": _FAST, "optim": {"bn_stats": "fixed"}},
     "fast-frozen-bn-160": {**LITE0, "stages": _FAST, "optim": {"bn_stats": "frozen"}},
     "scratch-mnv3": {"arch": "mobilenet_v3_small", "weights": "none", "image_size": 224},
+    # Ablations of the default at 224 px: without stochastic depth (the default before
+    # 2026-12-02), and with AdamW weight decay 0.05 instead of the seed's 1e-4.
+    "ours-224-no-drop-path": {**LITE0, "image_size": 224, "optim": {"drop_path": 0.0}},
+    "ours-224-wd-0.05": {**LITE0, "image_size": 224, "optim": {"weight_decay": 0.05}},
 }
 for _row in ("fast-fixed-bn-160", "fast-frozen-bn-160"):
     ROWS[_row]["image_size"] = 160
