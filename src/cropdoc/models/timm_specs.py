@@ -18,7 +18,8 @@ pretrained config, what the torchvision specs in ``registry.py`` write by hand:
   ``timm.data.resolve_model_data_config``;
 * **stochastic depth**: ``drop_path_rate`` when the model has it (built with a rate, it
   holds timm's ``DropPath`` modules), trained at 0.2 by default (torchvision's
-  EfficientNet rate; on the pretrained Lite0 it measured +1 test point, BENCHMARKS.md);
+  EfficientNet rate; on the pretrained Lite0 it neither helped nor hurt the test split
+  measurably, BENCHMARKS.md);
 * **cost and INT8 ops**: FLOPs of one 224 px forward (``FlopCounterMode``; 1.0 when a
   model cannot be counted), and ``("Conv",)`` plus ``"MatMul"`` when the backbone has
   linear layers (transformers, ConvNeXt), for ``export --int8``, which falls back to
