@@ -288,6 +288,7 @@ def _bundle_meta(
     stages: list[StageConfig],
     config: TrainConfig,
     plan: PrecisionPlan,
+    drop_path: float,
 ) -> BundleMeta:
     return BundleMeta(
         arch=spec.name,
@@ -299,7 +300,7 @@ def _bundle_meta(
             balance=config.data.balance,
             seed=config.runtime.seed,
             precision=plan.describe(),
-            drop_path=_drop_path(spec, config),
+            drop_path=drop_path,
         ),
     )
 
@@ -329,10 +330,10 @@ def _make_trainer(
 ) -> tuple[Trainer, dict[str, Any]]:
     """The model (BatchNorm policy applied), its loaders and the trainer that runs it."""
     n_classes, rt = len(manifest.classes), config.runtime
-    model = build(
-        spec.name, classes=n_classes, weights=config.weights, drop_path=_drop_path(spec, config)
+    drop_path = _drop_path(spec, config)
+    model = bn.apply(
+        build(spec.name, classes=n_classes, weights=config.weights, drop_path=drop_path)
     )
-    model = bn.apply(model)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     preprocessing = Preprocessing.for_size(
@@ -354,7 +355,7 @@ def _make_trainer(
         spec,
         optim=config.optim,
         run_dir=run_dir,
-        meta=_bundle_meta(spec, manifest.classes, preprocessing, stages, config, plan),
+        meta=_bundle_meta(spec, manifest.classes, preprocessing, stages, config, plan, drop_path),
         precision=plan,
         seed=rt.seed,
         class_weights=weights,
