@@ -196,7 +196,7 @@ def test_training_options_reach_the_config_of_train_and_compare(tmp_path: Path, 
         *("--recipe", "three-stage", "--stage-epochs", "1,2,3"),
         *("--stage-lrs", "2e-3,2e-4,1e-4", "--backbone-lr", "2e-5"),
         *("--weight-decay", "0.01", "--label-smoothing", "0.05", "--patience", "3"),
-        *("--drop-path", "0"),
+        *("--drop-path", "0", "--ema", "0.99"),
         *("--precision", "bf16", "--balance", "loss", "--split", "0.8,0.1,0.1"),
         *("--classes", "a,b", "--device", "cpu", "--seed", "7", "--deterministic"),
     ]
@@ -206,6 +206,7 @@ def test_training_options_reach_the_config_of_train_and_compare(tmp_path: Path, 
     assert config.arch == "resnet50"
     assert (config.optim.weight_decay, config.optim.label_smoothing) == (0.01, 0.05)
     assert config.optim.patience == 3 and config.optim.drop_path == 0.0
+    assert config.optim.ema == 0.99
     assert config.data.balance == "loss" and config.data.split == (0.8, 0.1, 0.1)
     assert config.data.classes == ["a", "b"]
     rt = config.runtime

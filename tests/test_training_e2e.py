@@ -111,9 +111,12 @@ def _interrupt_after(monkeypatch, epochs: int) -> None:
     monkeypatch.setattr(trainer_mod.Trainer, "train_one_epoch", flaky)
 
 
-@pytest.mark.parametrize("done_epochs", [2, 3])  # mid-stage 2, and at the stage 2/3 boundary
-def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, done_epochs):
-    config = tiny_config(stage_epochs=[1, 2, 1])
+@pytest.mark.parametrize(
+    ("done_epochs", "ema"),
+    [(2, 0.0), (3, 0.0), (2, 0.9)],  # mid-stage 2, the stage 2/3 boundary; with a moving average
+)
+def test_resume_matches_uninterrupted_run(tiny_data, tmp_path, monkeypatch, done_epochs, ema):
+    config = tiny_config(stage_epochs=[1, 2, 1], optim={"ema": ema})
     reference = train(tiny_data, tmp_path / "ref", config, show_progress=False)
 
     run = tmp_path / "run"
@@ -213,3 +216,45 @@ def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, m
     }
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["precision"] == result.precision
+
+
+def test_moving_average_is_what_is_validated_kept_and_shipped(tiny_data, tmp_path, monkeypatch):
+    """With ``optim.ema`` every validation sees the average's weights, training goes on from
+    the raw ones, and the bundle holds the average of the best epoch."""
+    seen: list[dict] = []
+    real_epoch, real_evaluate = trainer_mod.Trainer.train_one_epoch, trainer_mod.evaluate
+
+    def snapshot(model) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def train_epoch(self, loader, desc):
+        start = snapshot(self.raw_model)
+        out = real_epoch(self, loader, desc)
+        seen.append({"start": start, "raw": snapshot(self.raw_model)})
+        seen[-1]["ema"] = snapshot(self.ema.module)
+        return out
+
+    def evaluate(fabric, model, *args, **kwargs):
+        seen[-1]["validated"] = snapshot(model)
+        return real_evaluate(fabric, model, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod.Trainer, "train_one_epoch", train_epoch)
+    monkeypatch.setattr(trainer_mod, "evaluate", evaluate)
+    run = tmp_path / "run"
+    train(
+        tiny_data, run, tiny_config(stage_epochs=[0, 0, 3], optim={"ema": 0.9}), show_progress=False
+    )
+
+    assert len(seen) == 3
+    for epoch in seen[:-1]:  # the last epoch ends with the best weights restored
+        raw, ema, validated = epoch["raw"], epoch["ema"], epoch["validated"]
+        weights = [k for k in raw if raw[k].is_floating_point()]
+        assert any(not torch.equal(raw[k], ema[k]) for k in weights)  # the average lags
+        assert all(torch.equal(validated[k], ema[k]) for k in weights)
+    for before, after in zip(seen, seen[1:], strict=False):  # training goes on from the raw weights
+        assert all(torch.equal(after["start"][k], before["raw"][k]) for k in before["raw"])
+    best = read_meta(run / "model").best["epoch"]
+    bundle = load_bundle(run / "model").model.state_dict()
+    kept = seen[best - 1]["ema"]
+    assert all(torch.allclose(bundle[k].float(), kept[k].float()) for k in bundle if k in kept)
+    assert read_meta(run / "model").training.ema == 0.9

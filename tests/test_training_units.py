@@ -127,6 +127,7 @@ def test_recipe_from_yaml(tmp_path: Path):
         ("archh: resnet50", "unknown key"),
         ("data: {split: [0.5, 0.5, 0.5]}", "summing to 1"),
         ("stage_epochs: [-1, 2, 3]", ">= 0"),
+        ("optim: {ema: 1.0}", "less than 1"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, match: str):
@@ -228,10 +229,22 @@ def _state() -> dict:
         "stage_done": False,
         "global_epoch": 1,
         "early_stopping": EarlyStopping().state_dict(),
+        "ema": None,
         "best_f1": 0.5,
         "history": [],
         "seed": 42,
     }
+
+
+def test_checkpoint_from_before_the_moving_average_still_loads(tmp_path: Path):
+    path = tmp_path / "last.ckpt"
+    state = _state()
+    del state["ema"]
+    torch.save(state, path)  # format 1, written before optim.ema existed
+    assert load_checkpoint(path)["ema"] is None
+    torch.save({**state, "format_version": 2}, path)
+    with pytest.raises(BundleError, match="missing \\['ema'\\]"):
+        load_checkpoint(path)
 
 
 def test_checkpoint_round_trip_and_strict_keys(tmp_path: Path):

@@ -72,6 +72,8 @@ class TrainingInfo(BaseModel):
     precision: str = ""
     #: The stochastic-depth rate trained with (``None``: not recorded, an older bundle).
     drop_path: float | None = None
+    #: The decay of the moving average of the weights (0: none; ``None``: not recorded).
+    ema: float | None = None
 
 
 class OodInfo(BaseModel):

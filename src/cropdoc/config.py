@@ -107,6 +107,14 @@ class OptimConfig(_Strict):
         "EfficientNet-B0 and the timm models that have it, none for ResNet-50 and "
         "MobileNetV3-Small)",
     )
+    ema: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="exponential moving average of the weights: the most its decay "
+        "reaches (each stage starts a new average, its decay warming up from 0); "
+        "validation, the best model and the bundle use the average; 0: off",
+    )
     clip_grad_norm: float | None = Field(1.0, gt=0)
     eta_min: float = Field(1e-7, ge=0)
     patience: int = Field(5, ge=1)
@@ -276,6 +284,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "weight_decay": ("optim", "weight_decay"),
     "label_smoothing": ("optim", "label_smoothing"),
     "drop_path": ("optim", "drop_path"),
+    "ema": ("optim", "ema"),
     "patience": ("optim", "patience"),
     "device": ("runtime", "accelerator"),
     "devices": ("runtime", "devices"),

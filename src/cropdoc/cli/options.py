@@ -215,6 +215,14 @@ class TrainingOptions:
             "timm models that have it).",
         ),
     ] = None
+    ema: Annotated[
+        float | None,
+        _opt(
+            metavar="DECAY",
+            help="Validate, keep and ship an exponential moving average of the weights, "
+            "with this decay at most (it warms up from 0 each stage); 0: off.",
+        ),
+    ] = None
     patience: Annotated[
         int | None,
         _opt(metavar="EPOCHS", help="Early stopping: epochs without a better val macro-F1."),

@@ -139,7 +139,8 @@ def _recipe_section(run_dir: Path, meta: BundleMeta | None, summary: dict[str, A
         f"- architecture `{meta.arch}`, weights `{t.weights}`, input "
         f"{pre.image_size} px (resize {pre.resize_size}, centre crop), "
         f"precision `{t.precision}`, seed {t.seed}, class balance `{t.balance}`"
-        + (f", stochastic depth {t.drop_path:g}" if t.drop_path else ""),
+        + (f", stochastic depth {t.drop_path:g}" if t.drop_path else "")
+        + (f", weights averaged (EMA, decay {t.ema:g})" if t.ema else ""),
         "",
     ]
     rows = [

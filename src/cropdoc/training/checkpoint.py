@@ -24,7 +24,7 @@ from ..io import atomic_path
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_KEYS", "load_checkpoint", "save_checkpoint"]
 
 #: Version of the ``last.ckpt`` layout (:meth:`Trainer.state_dict`).
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 _logger = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ CHECKPOINT_KEYS = frozenset(
         "stage_done",
         "global_epoch",
         "early_stopping",
+        "ema",
         "best_f1",
         "history",
         "seed",
@@ -90,6 +91,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise BundleError(f"{p} is corrupt or not a cropdoc checkpoint: {e}") from e
     if not isinstance(state, dict):
         raise BundleError(f"{p} is not a cropdoc checkpoint (expected a dict)")
+    if state.get("format_version") == 1:  # before the moving average of the weights
+        state.setdefault("ema", None)
     keys = set(state)
     if keys != CHECKPOINT_KEYS:
         raise BundleError(

@@ -301,6 +301,7 @@ def _bundle_meta(
             seed=config.runtime.seed,
             precision=plan.describe(),
             drop_path=drop_path,
+            ema=config.optim.ema,
         ),
     )
 

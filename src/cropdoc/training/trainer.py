@@ -16,8 +16,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning_fabric import Fabric
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -160,6 +161,10 @@ def evaluate(
     }
 
 
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
 class Trainer:
     """Runs stages of the recipe on one model, keeping the best bundle across all of them.
 
@@ -224,6 +229,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.early_stopping: EarlyStopping | None = None
+        self.ema: ModelEmaV3 | None = None
+        self._ema_step = 0
         self._stage: StageConfig | None = None
         self._stage_index = 0
         self._epoch = 0  # epochs done in the current stage
@@ -244,7 +251,7 @@ class Trainer:
         assert self.early_stopping is not None
         return {
             "format_version": CHECKPOINT_FORMAT,
-            "model": {k: v.detach().cpu() for k, v in self.raw_model.state_dict().items()},
+            "model": _cpu_state(self.raw_model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "stage": self._stage_index,
@@ -252,6 +259,7 @@ class Trainer:
             "stage_done": self._stage_done,
             "global_epoch": self.global_epoch,
             "early_stopping": self.early_stopping.state_dict(),
+            "ema": None if self.ema is None else _cpu_state(self.ema.module),
             "best_f1": self.best_f1,
             "history": [asdict(r) for r in self.history],
             "seed": self.seed,
@@ -277,7 +285,8 @@ class Trainer:
         self._epoch = int(state["epoch"])
         self._stage_done = bool(state["stage_done"])
         if not self._stage_done:
-            self._resume = {k: state[k] for k in ("optimizer", "scheduler", "early_stopping")}
+            keys = ("optimizer", "scheduler", "early_stopping", "ema")
+            self._resume = {k: state.get(k) for k in keys}
 
     # -- stage set-up -------------------------------------------------------------------
     def setup_stage(self, stage: StageConfig, index: int, steps_per_epoch: int) -> None:
@@ -301,9 +310,11 @@ class Trainer:
             patience=stage.patience or self.optim.patience, min_delta=self.optim.min_delta
         )
         resumed = self._resume is not None and index == self._stage_index
+        ema_state = None
         if resumed:
             optimizer.load_state_dict(self._resume["optimizer"])
             self.early_stopping.load_state_dict(self._resume["early_stopping"])
+            ema_state = self._resume["ema"]
             self._resume = None
         else:
             self._epoch = 0
@@ -318,7 +329,42 @@ class Trainer:
         )
         self._stage, self._stage_index, self._stage_done = stage, index, False
         self.model, self.optimizer = self.fabric.setup(self.raw_model, optimizer)
+        self._setup_ema(ema_state, steps_done=self._epoch * steps_per_epoch)
         _logger.debug("param groups: %s", [(g["name"], g["lr"], len(g["params"])) for g in groups])
+
+    def _setup_ema(self, state: dict[str, torch.Tensor] | None, steps_done: int) -> None:
+        """A new moving average of the weights for the stage (``optim.ema``), starting at
+        the weights it starts from; a resumed stage's average and step count come back.
+
+        timm's ``ModelEmaV3`` with its decay warm-up, ``1 - (1 + step) ** -0.75`` capped at
+        ``optim.ema``: an average over the last few steps early in the stage, over the last
+        ``1 / (1 - ema)`` steps once the cap is reached.
+        """
+        self.ema, self._ema_step = None, steps_done
+        if self.optim.ema > 0:
+            # Built after fabric.setup, so the copy is on the training device.
+            self.ema = ModelEmaV3(
+                self.raw_model, decay=self.optim.ema, use_warmup=True, warmup_power=0.75
+            )
+            if state is not None:
+                self.ema.module.load_state_dict(state)
+
+    @contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """Hold the moving average's weights in the model while inside (no-op without EMA).
+
+        Validation, the best weights and the bundle go through this, so they are all the
+        average's; training goes on from the raw weights, put back on the way out.
+        """
+        if self.ema is None:
+            yield
+            return
+        current = {k: v.detach().clone() for k, v in self.raw_model.state_dict().items()}
+        self.raw_model.load_state_dict(self.ema.module.state_dict())
+        try:
+            yield
+        finally:
+            self.raw_model.load_state_dict(current)
 
     def autocast(self) -> AbstractContextManager:
         """The current stage's autocast (bf16 where the precision plan measured it faster,
@@ -357,6 +403,9 @@ class Trainer:
                 )
             optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self._ema_step += 1
+                self.ema.update(self.raw_model, step=self._ema_step)
             n = y.numel()
             total += torch.tensor(
                 [loss.item() * n, (logits.argmax(1) == y).sum().item(), n],
@@ -437,15 +486,21 @@ class Trainer:
         lr = next(g["lr"] for g in self.optimizer.param_groups if g["name"] == "head")
         desc = f"stage {self._stage_index + 1} {stage.name} epoch {self._epoch + 1}/{stage.epochs}"
         train = self.train_one_epoch(train_loader, desc)
-        val = evaluate(
-            self.fabric,
-            self.model,
-            self.eval_criterion,
-            val_loader,
-            self.num_classes,
-            channels_last=self.channels_last,
-            autocast=self.autocast(),
-        )
+        with self.averaged_weights():
+            val = evaluate(
+                self.fabric,
+                self.model,
+                self.eval_criterion,
+                val_loader,
+                self.num_classes,
+                channels_last=self.channels_last,
+                autocast=self.autocast(),
+            )
+            improved = val["f1"] > self.best_f1
+            if improved:
+                self.best_state = {
+                    k: v.detach().clone() for k, v in self.raw_model.state_dict().items()
+                }
         self._epoch += 1
         row = EpochStats(
             stage=self._stage_index + 1,
@@ -464,12 +519,8 @@ class Trainer:
         self.history.append(row)
         self.global_epoch += 1
         stopped = es.step(val["f1"])
-        improved = val["f1"] > self.best_f1
         if improved:
             self.best_f1 = val["f1"]
-            self.best_state = {
-                k: v.detach().clone() for k, v in self.raw_model.state_dict().items()
-            }
             self._save_bundle(row)
         _logger.info(
             "%s: train loss %.4f acc %.3f | val loss %.4f acc %.3f f1 %.4f%s | lr %.2e | "
@@ -514,7 +565,8 @@ class Trainer:
             "val_acc": row.val_acc,
             "val_loss": row.val_loss,
         }
-        save_bundle(self.run_dir / "model", self.raw_model, self.meta)
+        with self.averaged_weights():  # the weights just validated, as best_state
+            save_bundle(self.run_dir / "model", self.raw_model, self.meta)
 
     def _save_checkpoint(self) -> None:
         if self.fabric.is_global_zero:
