@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cropdoc.training.recipe import PRETRAINED_STAGES
+
 from .common import DATA, emit, machine
 
 WEIGHTS = DATA.parent / "weights" / "tf_efficientnet_lite0.imagenet.safetensors"
@@ -43,18 +45,10 @@ _FAST = [
     },
 ]
 
+# The default's stages with fewer epochs (2/3/7 instead of 2/4/12).
 _SHORT = [
-    {"name": "feature_extraction", "epochs": 2, "trainable": "head", "lr": 3e-3},
-    {"name": "adaptation", "epochs": 3, "trainable": "partial", "lr": 1e-3, "warmup_epochs": 0.5},
-    {
-        "name": "refinement",
-        "epochs": 7,
-        "trainable": "all",
-        "lr": 1e-3,
-        "backbone_lr": 3e-4,
-        "warmup_epochs": 1,
-        "patience": 6,
-    },
+    {**s.model_dump(exclude_none=True), "epochs": epochs}
+    for s, epochs in zip(PRETRAINED_STAGES, (2, 3, 7), strict=True)
 ]
 
 #: Row name -> training options (``cropdoc.train`` keywords; ``stages``/``optim`` go into
