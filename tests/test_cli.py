@@ -198,6 +198,7 @@ def test_training_options_reach_the_config_of_train_and_compare(tmp_path: Path, 
         *("--weight-decay", "0.01", "--label-smoothing", "0.05", "--patience", "3"),
         *("--drop-path", "0", "--ema", "0.99"),
         *("--precision", "bf16", "--balance", "loss", "--split", "0.8,0.1,0.1"),
+        *("--split-seed", "3"),
         *("--classes", "a,b", "--device", "cpu", "--seed", "7", "--deterministic"),
     ]
     result = invoke("train", str(tmp_path), "--arch", "resnet50", *options)
@@ -208,6 +209,7 @@ def test_training_options_reach_the_config_of_train_and_compare(tmp_path: Path, 
     assert config.optim.patience == 3 and config.optim.drop_path == 0.0
     assert config.optim.ema == 0.99
     assert config.data.balance == "loss" and config.data.split == (0.8, 0.1, 0.1)
+    assert config.data.split_seed == 3
     assert config.data.classes == ["a", "b"]
     rt = config.runtime
     assert (rt.precision, rt.accelerator, rt.seed, rt.deterministic) == ("bf16", "cpu", 7, True)

@@ -154,6 +154,25 @@ def test_same_seed_same_history_and_balance_is_recorded(tiny_data, tmp_path):
     assert read_meta(tmp_path / "a" / "model").training.balance == "loss"
 
 
+def test_split_seed_keeps_one_split_across_training_seeds(tiny_data, tmp_path):
+    from cropdoc.data.split import SplitManifest
+    from cropdoc.training import train as train_only
+
+    runs = {
+        "a": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 1}, data={"split_seed": 9}),
+        "b": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 2}, data={"split_seed": 9}),
+        "c": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 9}),
+    }
+    for name, config in runs.items():
+        train_only(tiny_data, tmp_path / name, config, show_progress=False)
+    split = {name: SplitManifest.load(tmp_path / name / "split.json") for name in runs}
+    # The split depends on the split seed only (c: its own seed 9, no split seed)...
+    assert split["a"].seed == split["b"].seed == 9
+    assert split["a"].splits == split["b"].splits == split["c"].splits
+    # ...while the training seed still changes the training.
+    assert _history(tmp_path / "a") != _history(tmp_path / "b")
+
+
 def test_auto_precision_is_measured_per_stage_and_applied(tiny_data, tmp_path, monkeypatch):
     """A frozen backbone and full training can differ in their faster precision."""
     from cropdoc.training import precision as precision_mod

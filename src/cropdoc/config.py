@@ -49,6 +49,11 @@ class DataConfig(_Strict):
     eval_batch_size: int | None = Field(None, ge=1)
     workers: int | None = Field(None, ge=0, description="None: sized for the machine")
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    split_seed: int | None = Field(
+        None,
+        description="seed of the train/val/test split; None: the run's seed (runtime.seed). "
+        "Keep it fixed to train with other seeds on one split",
+    )
     group_pattern: str | None = Field(None, description="None: the PlantVillage leaf-id rule")
     classes: list[str] | None = None
     max_pixels: int = Field(40_000_000, ge=1)
@@ -277,6 +282,7 @@ TRAIN_OPTIONS: dict[str, tuple[str, ...]] = {
     "workers": ("data", "workers"),
     "balance": ("data", "balance"),
     "split": ("data", "split"),
+    "split_seed": ("data", "split_seed"),
     "resplit": ("data", "resplit"),
     "variant": ("data", "variant"),
     "label_conflicts": ("data", "label_conflicts"),

@@ -176,6 +176,14 @@ class TrainingOptions:
             "from its train folder at these ratios).",
         ),
     ] = None
+    split_seed: Annotated[
+        int | None,
+        _opt(
+            metavar="N",
+            help="Seed of the train/val/test split (default: --seed). Keep it to train "
+            "with other seeds on the same split.",
+        ),
+    ] = None
     resplit: Annotated[
         bool | None,
         _opt(
@@ -238,7 +246,14 @@ class TrainingOptions:
             "convolutions in fp32) only where it is faster."
         ),
     ] = None
-    seed: Annotated[int | None, _opt(metavar="N", help="Seed of the split, init and order.")] = None
+    seed: Annotated[
+        int | None,
+        _opt(
+            metavar="N",
+            help="Seed of the init, data order and augmentation, and of the split unless "
+            "--split-seed.",
+        ),
+    ] = None
     deterministic: Annotated[
         bool | None,
         _opt("--deterministic/--no-deterministic", help="Deterministic algorithms (slower)."),

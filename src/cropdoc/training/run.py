@@ -175,7 +175,7 @@ def _prepare_data(
         report.save(run_dir / "scan_report.json")
         kwargs: dict[str, Any] = {
             "ratios": config.data.split,
-            "seed": config.runtime.seed,
+            "seed": _split_seed(config),
             "shipped": not config.data.resplit,
         }
         if config.data.group_pattern is not None:
@@ -183,6 +183,12 @@ def _prepare_data(
         manifest = make_split(report, **kwargs)
         manifest.save(split_path)
         return manifest
+
+
+def _split_seed(config: TrainConfig) -> int:
+    """The split's seed: ``data.split_seed``, else the run's seed."""
+    seed = config.data.split_seed
+    return config.runtime.seed if seed is None else seed
 
 
 def _make_fabric(rt: RuntimeConfig, plan: PrecisionPlan) -> Fabric:
