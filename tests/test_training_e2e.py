@@ -162,13 +162,15 @@ def test_split_seed_keeps_one_split_across_training_seeds(tiny_data, tmp_path):
         "a": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 1}, data={"split_seed": 9}),
         "b": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 2}, data={"split_seed": 9}),
         "c": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 9}),
+        "d": tiny_config(stage_epochs=[1, 0, 0], runtime={"seed": 1}),
     }
     for name, config in runs.items():
         train_only(tiny_data, tmp_path / name, config, show_progress=False)
     split = {name: SplitManifest.load(tmp_path / name / "split.json") for name in runs}
-    # The split depends on the split seed only (c: its own seed 9, no split seed)...
+    # The split depends on the split seed only (c: its own seed 9, no split seed; d: seed 1)...
     assert split["a"].seed == split["b"].seed == 9
     assert split["a"].splits == split["b"].splits == split["c"].splits
+    assert split["d"].seed == 1 and split["d"].splits != split["a"].splits
     # ...while the training seed still changes the training.
     assert _history(tmp_path / "a") != _history(tmp_path / "b")
 
