@@ -159,9 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=None)
     p.add_argument("--max-requests", type=int, default=20000)
-    p.add_argument(
-        "--processes", type=int, default=0, help="cropdoc serve --processes (0: auto)"
-    )
+    p.add_argument("--processes", type=int, default=0, help="cropdoc serve --processes (0: auto)")
     args = p.parse_args(argv)
     duration = args.duration or (10.0 if args.quick else 30.0)
     jpegs = _jpegs(128)

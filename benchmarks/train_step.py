@@ -192,9 +192,7 @@ class Ours:
     def run(self) -> dict[str, float]:
         timed = _Timed(self.loader)
         with torch_threads(self.threads):
-            return _measure(
-                lambda: self.trainer.train_one_epoch(timed, "bench"), timed, self.batch
-            )
+            return _measure(lambda: self.trainer.train_one_epoch(timed, "bench"), timed, self.batch)
 
 
 # ----------------------------------------------------------------------------- peak

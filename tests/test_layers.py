@@ -150,8 +150,10 @@ def check(imp: Import) -> list[tuple[str, str]]:
     private = [n for n in imp.names if n.startswith("_") and not n.startswith("__")]
     if private and imp.target != imp.importer:
         broken.append(
-            ("private", f"{imp.where()} {imp.importer} imports {', '.join(private)} "
-             f"from {imp.target}")
+            (
+                "private",
+                f"{imp.where()} {imp.importer} imports {', '.join(private)} from {imp.target}",
+            )
         )
     if src is None or dst is None or src not in LAYERS or dst not in LAYERS:
         return broken
@@ -167,9 +169,7 @@ def check(imp: Import) -> list[tuple[str, str]]:
         and internal
         and is_module(imp.target)
     ):
-        broken.append(
-            ("internals", f"{message}: import it from cropdoc.{dst}, not its internals")
-        )
+        broken.append(("internals", f"{message}: import it from cropdoc.{dst}, not its internals"))
     return broken
 
 
@@ -201,8 +201,9 @@ def test_layers_import_only_downwards():
 
 def test_capabilities_keep_apart():
     assert not violations("capability"), report(
-        "capability", "training imports evaluation/inference/export, evaluation imports "
-        "training, or inference imports export/serve"
+        "capability",
+        "training imports evaluation/inference/export, evaluation imports "
+        "training, or inference imports export/serve",
     )
 
 

@@ -47,8 +47,7 @@ def evaluate(
         typer.Option(
             "--out",
             metavar="DIR",
-            help="Where metrics and plots go (an earlier evaluation's files there are "
-            "replaced).",
+            help="Where metrics and plots go (an earlier evaluation's files there are replaced).",
         ),
     ] = Path("eval"),
     split: Annotated[
@@ -91,8 +90,7 @@ def evaluate(
         str | None,
         typer.Option(
             metavar="NAME",
-            help="Read this variant folder when DATA holds several (color, grayscale, "
-            "segmented).",
+            help="Read this variant folder when DATA holds several (color, grayscale, segmented).",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(metavar="N", help="Images per forward pass.")] = 64,

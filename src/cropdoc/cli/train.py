@@ -114,9 +114,7 @@ def train(
 
 
 # --------------------------------------------------------------------------- demo
-def _demo(
-    out_dir: Path, images_per_class: int, seed: int, weights: Path | None, arch: str | None
-):
+def _demo(out_dir: Path, images_per_class: int, seed: int, weights: Path | None, arch: str | None):
     """The library call of ``cropdoc demo``."""
     from ..api import demo as api_demo
 

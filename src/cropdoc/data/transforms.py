@@ -125,9 +125,7 @@ def build_eval_transform(preprocessing: Preprocessing) -> v2.Compose:
     p = preprocessing
     return v2.Compose(
         [
-            v2.Resize(
-                p.resize_size, interpolation=_INTERPOLATION[p.interpolation], antialias=True
-            ),
+            v2.Resize(p.resize_size, interpolation=_INTERPOLATION[p.interpolation], antialias=True),
             v2.CenterCrop(p.image_size),
             _to_float_tensor(),
             v2.Normalize(mean=list(p.mean), std=list(p.std)),

@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 FreezePolicy = Literal["head", "partial", "all"]
 
+
 def is_head_param(name: str, spec: ArchSpec) -> bool:
     """Whether the parameter (or buffer) ``name`` belongs to the head cropdoc attaches.
 

@@ -50,6 +50,8 @@ _logger = logging.getLogger(__name__)
 
 DEFAULT_LOW_CONFIDENCE = 0.7
 _MB = 1 << 20
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """Limits and thresholds of a server.
