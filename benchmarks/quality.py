@@ -115,6 +115,7 @@ def run_row(name: str, options: dict[str, Any], out: Path, seed: int = 42) -> di
             for s in meta.recipe
         ],
         "test_macro_f1": metrics["macro_f1"],
+        "test_macro_f1_interval": metrics["intervals"]["macro_f1"],  # 95 % bootstrap
         "test_accuracy": metrics["accuracy"],
         "test_ece_calibrated": metrics["ece"],
         "test_nll_calibrated": metrics["nll"],

@@ -77,6 +77,11 @@ def test_evaluate_on_training_folder_uses_test_split_and_writes_every_file(
     assert m["n_bad_files"] == 0 and m["class_mapping"] == {}
     assert set(m["per_class"]) == set(split["classes"])
     assert sum(v["support"] for v in m["per_class"].values()) == m["n_images"]
+    ci = m["intervals"]  # resampling the test leaves (one photo each here)
+    assert ci["n_groups"] == m["n_images"] and ci["n_resamples"] == 1000
+    for key in ("accuracy", "macro_f1"):
+        assert 0.0 <= ci[key][0] <= ci[key][1] <= 1.0, key
+    assert "bootstrap intervals" in (out / "report.md").read_text()
     # out lies inside the run dir, so the run's report was refreshed with the evaluation.
     assert "## Confusion matrix" in (tiny_run / "report.md").read_text()
     assert "weighted avg" in (out / "classification_report.txt").read_text()
@@ -183,7 +188,7 @@ def test_cli_evaluate_prints_metrics_mapping_and_files(
         ],
     )
     assert res.exit_code == 0, res.output
-    for text in ("macro-F1", "ECE", "Tomato_healthy", "Tomato___healthy", "metrics.json"):
+    for text in ("macro-F1", "95% CI", "ECE", "Tomato_healthy", "Tomato___healthy", "metrics.json"):
         assert text in res.output, text
     assert (out / "metrics.json").is_file()
 

@@ -15,6 +15,7 @@ from sklearn.metrics import (
 from cropdoc.classnames import class_key, find_class, match_classes
 from cropdoc.errors import DataError
 from cropdoc.evaluation.metrics import (
+    bootstrap_intervals,
     classification_report_text,
     compute_metrics,
     expected_calibration_error,
@@ -62,6 +63,53 @@ def test_absent_class_is_not_averaged_but_listed(fixed):
     assert m["per_class"]["C___z"]["support"] == 0
     assert m["macro_f1"] == pytest.approx(f1_score(labels[keep], probs.argmax(1), average="macro"))
     assert "C___z" not in classification_report_text(probs, labels[keep], CLASSES)
+
+
+def test_bootstrap_intervals_are_the_percentiles_of_scikit_learn_on_the_resamples(fixed):
+    """The documented resampling, redone image by image with scikit-learn's scores."""
+    probs, labels = fixed
+    pred = probs.argmax(1)
+    got = bootstrap_intervals(labels, pred, len(CLASSES), n_resamples=200, seed=3)
+    rng = np.random.default_rng(3)
+    acc, f1 = [], []
+    for _ in range(200):
+        idx = rng.integers(0, len(labels), len(labels))
+        acc.append(accuracy_score(labels[idx], pred[idx]))
+        f1.append(f1_score(labels[idx], pred[idx], average="macro", zero_division=0))
+    assert got["accuracy"] == pytest.approx(np.quantile(acc, [0.025, 0.975]).tolist(), abs=1e-12)
+    assert got["macro_f1"] == pytest.approx(np.quantile(f1, [0.025, 0.975]).tolist(), abs=1e-12)
+    assert got["n_groups"] == len(labels) and got["n_resamples"] == 200
+    point = f1_score(labels, pred, average="macro")
+    assert got["macro_f1"][0] < point < got["macro_f1"][1]
+    assert 0.05 < got["macro_f1"][1] - got["macro_f1"][0] < 0.3  # 200 images: several points
+
+
+def test_bootstrap_resamples_groups_whole():
+    """Ten photos per leaf: resampling leaves gives the interval of 20 leaves, wider than
+    the 200 photos would give as independent images."""
+    rng = np.random.default_rng(0)
+    leaf_label = rng.integers(0, 2, size=20)
+    leaf_right = rng.random(20) < 0.8  # a leaf is recognised in every photo or none
+    labels = np.repeat(leaf_label, 10)
+    pred = np.where(np.repeat(leaf_right, 10), labels, 1 - labels)
+    leaves = np.repeat([f"leaf{i:02d}" for i in range(20)], 10)  # sorted = leaf order
+    grouped = bootstrap_intervals(labels, pred, 2, groups=leaves, seed=1)
+    images = bootstrap_intervals(labels, pred, 2, seed=1)
+    assert grouped["n_groups"] == 20 and images["n_groups"] == 200
+    width = lambda r: r["accuracy"][1] - r["accuracy"][0]  # noqa: E731
+    assert width(grouped) > 2 * width(images)
+    # The same resampling on one image per leaf: the same accuracies.
+    once = bootstrap_intervals(labels[::10], pred[::10], 2, seed=1)
+    assert once["accuracy"] == pytest.approx(grouped["accuracy"])
+
+
+def test_bootstrap_of_a_perfect_model_and_bad_input():
+    y = np.array([0, 1, 2, 2, 1])
+    assert bootstrap_intervals(y, y, 3)["macro_f1"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="same length"):
+        bootstrap_intervals(y, y[:3], 3)
+    with pytest.raises(ValueError, match="group keys"):
+        bootstrap_intervals(y, y, 3, groups=["a"])
 
 
 def test_top_k_with_fewer_classes_than_k():

@@ -17,6 +17,7 @@ from cropdoc.data.split import (
     SPLITS,
     SplitManifest,
     group_keys,
+    leaf_keys,
     make_split,
 )
 from cropdoc.errors import DataError
@@ -115,6 +116,23 @@ def grouped_report() -> ScanReport:
         for name in singletons(2, "RS_HL"):
             shas[f"{cls}/{name}"] = dup
     return report_from(dict(files), shas)
+
+
+def test_leaf_keys_from_names_alone() -> None:
+    """What evaluation resamples: one key per leaf, by name, without the bytes."""
+    keys = leaf_keys(
+        [
+            ("Tomato___healthy", "t/0001-aa___GHLB Leaf 3.1 Day 1.jpg"),
+            ("Tomato___healthy", "t/0002-bb___GHLB Leaf 3.1 Day 4.jpg"),
+            ("Tomato___healthy", "t/0003-cc___GHLB Leaf 4.1 Day 1.jpg"),
+            ("Corn___healthy", "c/0004-dd___GHLB Leaf 3.1 Day 1.jpg"),
+            ("Corn___healthy", "c/IMG_0001.jpg"),
+        ]
+    )
+    assert keys[0] == keys[1] == "Tomato___healthy/GHLB Leaf 3.1"
+    assert len(set(keys)) == 4 and keys[4] == "Corn___healthy/c/IMG_0001.jpg"
+    with pytest.raises(DataError):
+        leaf_keys([("A", "x.jpg")], group_pattern="(")
 
 
 def test_groups_never_straddle_splits() -> None:

@@ -57,6 +57,10 @@ def test_tiny_three_stage_run_writes_every_file(tiny_data: Path, tmp_path: Path)
     assert meta.best["val_f1"] == pytest.approx(result.best_val_f1)
     assert set(meta.metrics["test"]) >= {"accuracy", "macro_f1"}
     assert [s["trainable"] for s in meta.recipe] == ["head", "partial", "all"]
+    # The evaluation after training put its bootstrap intervals into the summary too.
+    evaluated = json.loads((run / "eval" / "metrics.json").read_text())["intervals"]
+    assert result.test_intervals == evaluated
+    assert json.loads((run / "summary.json").read_text())["test_intervals"] == evaluated
 
     # The bundle reloads and predicts exactly what the in-memory best model predicts.
     bundle = load_bundle(run / "model")

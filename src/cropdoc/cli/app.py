@@ -101,6 +101,15 @@ def scan_progress():
     return progress_callback("scanning images")
 
 
+def with_interval(value: float, intervals: dict | None, key: str) -> str:
+    """``0.9722 (95% CI 0.950–0.991)``: a test score with its bootstrap interval, if any."""
+    text = f"{value:.4f}"
+    if intervals:
+        low, high = intervals[key]
+        text += f" ({intervals['level']:.0%} CI {low:.3f}–{high:.3f})"
+    return text
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from . import options as opts
-from .app import app, out, progress_callback, scan_progress
+from .app import app, out, progress_callback, scan_progress, with_interval
 
 __all__ = ["compare", "evaluate", "fit_ood"]
 
@@ -125,8 +125,8 @@ def evaluate(
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("images", str(m["n_images"]))
-    table.add_row("accuracy", f"{m['accuracy']:.4f}")
-    table.add_row("macro-F1", f"{m['macro_f1']:.4f}")
+    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+        table.add_row(label, with_interval(m[key], m.get("intervals"), key))
     table.add_row("weighted-F1", f"{m['weighted_f1']:.4f}")
     table.add_row("top-3 accuracy", f"{m['top3_accuracy']:.4f}")
     table.add_row("NLL", f"{m['nll']:.4f}")

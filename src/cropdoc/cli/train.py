@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..config import TrainConfig
 from . import options as opts
-from .app import app, out, scan_progress
+from .app import app, out, scan_progress, with_interval
 
 __all__ = ["demo", "train"]
 
@@ -33,8 +33,8 @@ def _print_result(result) -> None:
             f"stage {result.best.get('stage')} "
             f"({result.best.get('stage_name')}), epoch {result.best.get('epoch')}",
         )
-    table.add_row("test accuracy", f"{result.test['accuracy']:.4f}")
-    table.add_row("test macro-F1", f"{result.test['macro_f1']:.4f}")
+    for key, label in (("accuracy", "test accuracy"), ("macro_f1", "test macro-F1")):
+        table.add_row(label, with_interval(result.test[key], result.test_intervals, key))
     table.add_row("test images", str(result.test["n"]))
     out.print(table)
     out.print(

@@ -13,6 +13,7 @@ from .calibration import calibrate_run as calibrate_run
 from .calibration import fit_temperature as fit_temperature
 from .evaluate import EvaluationResult as EvaluationResult
 from .evaluate import evaluate_bundle as evaluate_bundle
+from .metrics import bootstrap_intervals as bootstrap_intervals
 from .metrics import compute_metrics as compute_metrics
 from .metrics import expected_calibration_error as expected_calibration_error
 from .ood import DEFAULT_OOD_KIND as DEFAULT_OOD_KIND
@@ -37,6 +38,7 @@ __all__ = [
     "ProfileResult",
     "calibrate_run",
     "auroc",
+    "bootstrap_intervals",
     "class_key",
     "compute_metrics",
     "evaluate_bundle",

@@ -28,13 +28,14 @@ from sklearn.metrics import confusion_matrix
 from ..bundle import Bundle, BundleMeta, load_bundle
 from ..cpu import default_workers
 from ..data.layout import dataset_root
+from ..data.split import leaf_keys
 from ..errors import DataError
 from ..io import atomic_write_json, atomic_write_text
 from ..ood import bundle_scores
 from ..probabilities import softmax
 from .gallery import plot_error_gallery
 from .logits import Logits, collect_logits
-from .metrics import classification_report_text, compute_metrics
+from .metrics import bootstrap_intervals, classification_report_text, compute_metrics
 from .ood import evaluate_ood_folder, ood_summary
 from .plots import plot_confusion_matrix, plot_per_class_f1, plot_predictions, plot_reliability
 from .report import write_eval_report, write_run_report
@@ -131,9 +132,16 @@ def _metrics(
     if meta.temperature != 1.0:
         raw = compute_metrics(softmax(result.logits), result.labels, classes)
         metrics["uncalibrated"] = {"nll": raw["nll"], "ece": raw["ece"]}
-    cm = confusion_matrix(result.labels, probs.argmax(axis=1), labels=list(range(len(classes))))
+    pred = probs.argmax(axis=1)
+    cm = confusion_matrix(result.labels, pred, labels=list(range(len(classes))))
+    # Photos of one leaf are not independent evidence: resample leaves, not photos.
+    leaves = leaf_keys(
+        ((classes[y], str(path)) for path, y in zip(result.paths, result.labels, strict=True)),
+        group_pattern=selection.group_pattern,
+    )
     metrics.update(
         {
+            "intervals": bootstrap_intervals(result.labels, pred, len(classes), groups=leaves),
             "n_images": len(result.labels),
             "n_bad_files": len(bad),
             "bad_files": [{"path": str(p), "reason": r} for p, r in bad],

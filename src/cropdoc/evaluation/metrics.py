@@ -26,7 +26,10 @@ from sklearn.metrics import (
 )
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
     "ECE_BINS",
+    "INTERVAL_LEVEL",
+    "bootstrap_intervals",
     "classification_report_text",
     "compute_metrics",
     "expected_calibration_error",
@@ -39,6 +42,10 @@ _logger = logging.getLogger(__name__)
 
 ECE_BINS = 15
 _EPS = 1e-12
+BOOTSTRAP_RESAMPLES = 1000
+INTERVAL_LEVEL = 0.95
+# Resample weights are built in chunks of about this many cells (rows x images).
+_CHUNK_CELLS = 4_000_000
 
 
 def _check(probs: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +161,94 @@ def compute_metrics(
             for i, name in enumerate(classes)
         },
     }
+
+
+def bootstrap_intervals(
+    labels: Any,
+    pred: Any,
+    n_classes: int,
+    *,
+    groups: Sequence[Any] | None = None,
+    n_resamples: int = BOOTSTRAP_RESAMPLES,
+    level: float = INTERVAL_LEVEL,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Percentile-bootstrap confidence intervals of accuracy and macro-F1.
+
+    A test set of a few hundred photos gives a macro-F1 that another draw of photos would
+    move by a point or more; the interval says how far. Each resample draws the test set's
+    *groups* with replacement (``groups``: one key per image, e.g. its leaf, so several
+    photos of one leaf count once; by default every image is its own group) and scores
+    the images of the drawn groups exactly as :func:`compute_metrics` does (macro-F1 over
+    the classes present in the resample's labels or predictions). Resample ``r`` is the
+    ``r``-th draw of ``rng.integers(0, n_groups, n_groups)`` from
+    ``numpy.random.default_rng(seed)``, so the intervals are reproducible.
+
+    Args:
+        labels: (N,) true class indices.
+        pred: (N,) predicted class indices.
+        n_classes: number of classes of the model.
+        groups: optional (N,) group key of each image.
+        n_resamples: bootstrap resamples.
+        level: coverage of the interval (0.95: the 2.5th and 97.5th percentiles).
+        seed: the resampling seed.
+
+    Returns:
+        ``{"accuracy": [lo, hi], "macro_f1": [lo, hi], "level", "n_resamples",
+        "n_groups"}``, JSON-ready.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.asarray(pred, dtype=np.int64)
+    if y.ndim != 1 or y.shape != p.shape or len(y) == 0:
+        raise ValueError(
+            f"need labels and predictions of the same length N > 0, got {y.shape} and {p.shape}"
+        )
+    if not 0 < level < 1 or n_resamples < 1:
+        raise ValueError(f"need 0 < level < 1 and n_resamples >= 1, got {level} and {n_resamples}")
+    if groups is None:
+        group_of = np.arange(len(y))
+    else:
+        if len(groups) != len(y):
+            raise ValueError(f"{len(groups)} group keys for {len(y)} images")
+        _, group_of = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    n_groups = int(group_of.max()) + 1
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_CELLS // max(n_groups, len(y)))
+    scores: list[np.ndarray] = []
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        draws = rng.integers(0, n_groups, size=(rows, n_groups))
+        offsets = (np.arange(rows) * n_groups)[:, None]
+        counts = np.bincount((draws + offsets).ravel(), minlength=rows * n_groups)
+        weights = counts.reshape(rows, n_groups)[:, group_of].astype(np.float64)
+        scores.append(_weighted_scores(weights, y, p, n_classes))
+    stats = np.concatenate(scores)  # (n_resamples, 2): accuracy, macro-F1
+    tail = (1.0 - level) / 2.0
+    lo, hi = np.quantile(stats, [tail, 1.0 - tail], axis=0)
+    return {
+        "accuracy": [float(lo[0]), float(hi[0])],
+        "macro_f1": [float(lo[1]), float(hi[1])],
+        "level": level,
+        "n_resamples": n_resamples,
+        "n_groups": n_groups,
+    }
+
+
+def _weighted_scores(
+    weights: np.ndarray, y: np.ndarray, p: np.ndarray, n_classes: int
+) -> np.ndarray:
+    """Accuracy and macro-F1 of each row of ``weights`` (R, N): image i counted w[r, i] times."""
+    eye = np.eye(n_classes)
+    true_1h, pred_1h = eye[y], eye[p]
+    support = weights @ true_1h
+    predicted = weights @ pred_1h
+    hits = weights @ (true_1h * pred_1h)
+    present = (support + predicted) > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(present, 2.0 * hits / (support + predicted), 0.0)
+    macro = f1.sum(axis=1) / present.sum(axis=1)
+    accuracy = hits.sum(axis=1) / weights.sum(axis=1)
+    return np.stack([accuracy, macro], axis=1)
 
 
 def classification_report_text(probs: Any, labels: Any, classes: Sequence[str]) -> str:

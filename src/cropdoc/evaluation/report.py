@@ -200,6 +200,7 @@ def _metrics_section(metrics: dict[str, Any], summary: dict[str, Any]) -> list[s
                 ]
             ],
         )
+        lines += _interval_lines(metrics.get("intervals"))
         mapping = metrics.get("class_mapping") or {}
         if mapping:
             lines += ["Class folders matched to the model's classes:", ""]
@@ -215,6 +216,20 @@ def _metrics_section(metrics: dict[str, Any], summary: dict[str, Any]) -> list[s
     else:
         return []
     return lines
+
+
+def _interval_lines(intervals: dict[str, Any] | None) -> list[str]:
+    """The bootstrap intervals in one sentence (nothing for an older metrics.json)."""
+    if not intervals:
+        return []
+    acc, f1 = intervals["accuracy"], intervals["macro_f1"]
+    return [
+        f"{intervals['level']:.0%} bootstrap intervals ({intervals['n_resamples']} resamples of "
+        f"the {intervals['n_groups']} leaves): accuracy {_pct(acc[0])}–{_pct(acc[1])}, "
+        f"macro-F1 {_num(f1[0], 3)}–{_num(f1[1], 3)}: how far the scores could move on "
+        "another draw of test photos of this size.",
+        "",
+    ]
 
 
 def _plots_section(eval_dir: Path | None, base: Path) -> list[str]:

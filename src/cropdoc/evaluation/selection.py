@@ -23,7 +23,7 @@ from ..bundle import BundleMeta
 from ..classnames import match_classes
 from ..data.layout import detect_layout
 from ..data.scan import ScanReport, scan_folder
-from ..data.split import SPLITS, SplitManifest
+from ..data.split import DEFAULT_GROUP_PATTERN, SPLITS, SplitManifest
 from ..errors import ConfigError, DataError
 
 __all__ = ["EVAL_SPLITS", "Selection", "select_images"]
@@ -46,6 +46,7 @@ class Selection:
     bad: list[tuple[Path, str]]
     skipped_unknown: int = 0
     seen_in_training: int = 0  # byte-identical to train/val images of the run
+    group_pattern: str = DEFAULT_GROUP_PATTERN  # the leaf-id rule of the split, if any
 
 
 def _listed_present(manifest: SplitManifest, data: Path) -> bool:
@@ -90,6 +91,7 @@ def _from_manifest(
         split_file=where,
         bad=[],
         skipped_unknown=len(items) - len(samples),
+        group_pattern=manifest.group_pattern,
     )
 
 

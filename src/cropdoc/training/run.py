@@ -70,6 +70,9 @@ class TrainResult:
     precision: str
     stages: list[dict[str, Any]] = field(default_factory=list)
     data: Path | None = None
+    # Bootstrap intervals of the test accuracy and macro-F1, from the evaluation after
+    # training (cropdoc.evaluation.bootstrap_intervals); None until it has run.
+    test_intervals: dict[str, Any] | None = None
     model: torch.nn.Module | None = field(default=None, repr=False, compare=False)
     # Where the run ran, for the steps after it (not part of summary.json).
     global_rank: int = field(default=0, repr=False, compare=False)

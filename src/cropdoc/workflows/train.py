@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..config import TrainConfig
 from ..errors import CropdocError
+from ..io import atomic_write_json
 from ..training import TrainResult
 from ..training import train as train_bundle
 from .finalize import finalize_run
@@ -56,7 +57,13 @@ def train(
     )
     if finalize and result.global_rank == 0:
         try:
-            finalize_run(result.run_dir, result.data, workers=result.workers, device=result.device)
+            _, evaluation, _ = finalize_run(
+                result.run_dir, result.data, workers=result.workers, device=result.device
+            )
         except CropdocError as e:  # the trained bundle is already safe; don't fail the run
             _logger.warning("training finished, but calibration/evaluation/report failed: %s", e)
+        else:
+            if evaluation is not None:
+                result.test_intervals = evaluation.metrics.get("intervals")
+                atomic_write_json(result.run_dir / "summary.json", result.to_dict())
     return result
