@@ -89,8 +89,17 @@ def test_compare_two_tiny_archs_on_one_split(tmp_path_factory, tiny_data: Path, 
             "train_time_min",
         ):
             assert float(r[key]) >= 0, key
+    # The paired interval: against the best model, None for the best itself.
+    best = max(rows, key=lambda r: float(r["macro_f1"]))
+    for r in rows:
+        assert float(r["macro_f1_low"]) <= float(r["macro_f1_high"])
+        if r is best:
+            assert r["vs_best_low"] == r["vs_best_high"] == ""
+        else:
+            assert -1 <= float(r["vs_best_low"]) <= float(r["vs_best_high"]) <= 1
     md = (out / "comparison.md").read_text()
     assert "Recommended:" in md and "| macro-F1 |" in md and "warning" not in md
+    assert "vs the best (95% paired)" in md
     assert result.recommended in {mnv3.name, "efficientnet_b0"}
     # One split: the trained run made the same split as the reused one, and both were
     # scored on the same test images of it.

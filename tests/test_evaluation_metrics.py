@@ -103,6 +103,33 @@ def test_bootstrap_resamples_groups_whole():
     assert once["accuracy"] == pytest.approx(grouped["accuracy"])
 
 
+def test_paired_bootstrap_difference(fixed):
+    """The difference of two models on the same resamples: redone with scikit-learn, and
+    narrower than either model's own interval (they share the hard photos)."""
+    probs, labels = fixed
+    pred = probs.argmax(1)
+    other = pred.copy()
+    other[:12] = labels[:12]  # the other model also gets the first 12 photos right
+    got = bootstrap_intervals(labels, other, 5, n_resamples=300, seed=5, reference=pred)
+    rng = np.random.default_rng(5)
+    diffs = []
+    for _ in range(300):
+        idx = rng.integers(0, len(labels), len(labels))
+        f1 = [
+            f1_score(labels[idx], q[idx], average="macro", zero_division=0) for q in (other, pred)
+        ]
+        diffs.append(f1[0] - f1[1])
+    assert got["macro_f1_difference"] == pytest.approx(
+        np.quantile(diffs, [0.025, 0.975]).tolist(), abs=1e-12
+    )
+    gained = int((other == labels).sum() - (pred == labels).sum())
+    assert gained > 0 and got["accuracy_difference"][0] > 0  # better on every resample here
+    width = got["macro_f1_difference"][1] - got["macro_f1_difference"][0]
+    assert width < got["macro_f1"][1] - got["macro_f1"][0]
+    same = bootstrap_intervals(labels, pred, 5, reference=pred)
+    assert same["macro_f1_difference"] == [0.0, 0.0] and same["accuracy_difference"] == [0.0, 0.0]
+
+
 def test_bootstrap_of_a_perfect_model_and_bad_input():
     y = np.array([0, 1, 2, 2, 1])
     assert bootstrap_intervals(y, y, 3)["macro_f1"] == [1.0, 1.0]
@@ -110,6 +137,8 @@ def test_bootstrap_of_a_perfect_model_and_bad_input():
         bootstrap_intervals(y, y[:3], 3)
     with pytest.raises(ValueError, match="group keys"):
         bootstrap_intervals(y, y, 3, groups=["a"])
+    with pytest.raises(ValueError, match="reference"):
+        bootstrap_intervals(y, y, 3, reference=y[:2])
 
 
 def test_top_k_with_fewer_classes_than_k():

@@ -69,6 +69,12 @@ class EvaluationResult:
     source: str
     class_mapping: dict[str, str] = field(default_factory=dict)
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    # Per scored image, in one order: what another model's evaluation on the same images
+    # is compared with (``bootstrap_intervals(..., reference=...)``).
+    paths: list[Path] = field(default_factory=list, repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
+    predicted: np.ndarray | None = field(default=None, repr=False)
+    leaves: list[str] = field(default_factory=list, repr=False)
 
     @property
     def renamed(self) -> dict[str, str]:
@@ -119,9 +125,22 @@ def _ood(
     return (scores, abstain), summary, files
 
 
+def _leaves(result: Logits, meta: BundleMeta, group_pattern: str) -> list[str]:
+    """The leaf of each scored photo, which the intervals resample (photos of one leaf are
+    not independent evidence); every photo its own leaf when the split's pattern (a
+    hand-written ``split.json``) cannot say."""
+    items = [(meta.classes[y], str(p)) for p, y in zip(result.paths, result.labels, strict=True)]
+    try:
+        return leaf_keys(items, group_pattern=group_pattern)
+    except DataError as e:
+        _logger.warning("every photo counted as its own leaf in the intervals: %s", e)
+        return [path for _, path in items]
+
+
 def _metrics(
     result: Logits,
     probs: np.ndarray,
+    leaves: list[str],
     meta: BundleMeta,
     selection: Selection,
     bad: list[tuple[Path, str]],
@@ -134,11 +153,6 @@ def _metrics(
         metrics["uncalibrated"] = {"nll": raw["nll"], "ece": raw["ece"]}
     pred = probs.argmax(axis=1)
     cm = confusion_matrix(result.labels, pred, labels=list(range(len(classes))))
-    # Photos of one leaf are not independent evidence: resample leaves, not photos.
-    leaves = leaf_keys(
-        ((classes[y], str(path)) for path, y in zip(result.paths, result.labels, strict=True)),
-        group_pattern=selection.group_pattern,
-    )
     metrics.update(
         {
             "intervals": bootstrap_intervals(result.labels, pred, len(classes), groups=leaves),
@@ -304,7 +318,8 @@ def evaluate_bundle(
     if len(result.labels) == 0:
         raise DataError(f"none of the {len(selection.samples)} images could be read: {bad[:3]}")
     probs = softmax(result.logits, meta.temperature)
-    metrics = _metrics(result, probs, meta, selection, bad)
+    leaves = _leaves(result, meta, selection.group_pattern)
+    metrics = _metrics(result, probs, leaves, meta, selection, bad)
     metrics.update(data=str(data_path), bundle=str(bundle.path))
     ood, metrics["ood"], ood_files = _ood(bundle, result, probs, out, ood_dir, **collect)
     files = _write_outputs(out, meta, selection, result, probs, metrics, ood)
@@ -326,6 +341,10 @@ def evaluate_bundle(
         source=selection.source,
         class_mapping=selection.mapping,
         bad_files=bad,
+        paths=list(result.paths),
+        labels=result.labels,
+        predicted=probs.argmax(axis=1),
+        leaves=leaves,
     )
     if write_report:
         run_dir = bundle.path.parent

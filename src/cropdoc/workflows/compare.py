@@ -8,7 +8,10 @@ are measured in the same process, one model after another.
 The recommendation follows a stated rule: among models within the latency budget (if
 one is given), take the best macro-F1; every model within one F1 point (0.01) of it is
 "as good", and of those the smallest on disk wins (ties: the faster). Small models are
-cheaper to ship, to serve and to put on a phone.
+cheaper to ship, to serve and to put on a phone. The table also says how much the test
+set can tell: each model's 95 % bootstrap interval, and the paired interval of its
+difference from the best model (both scored on the same resampled leaves), which holds 0
+when this test set does not tell the two apart.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ from typing import Any
 from ..config import TrainConfig
 from ..data.split import SplitManifest
 from ..errors import ConfigError, DataError
-from ..evaluation import evaluate_bundle, plot_tradeoff, profile_bundle
+from ..evaluation import (
+    EvaluationResult,
+    bootstrap_intervals,
+    evaluate_bundle,
+    plot_tradeoff,
+    profile_bundle,
+)
 from ..io import atomic_write_json, atomic_write_text
 from ..models import get_arch
 from .train import train
@@ -42,6 +51,10 @@ COLUMNS = [
     "arch",
     "accuracy",
     "macro_f1",
+    "macro_f1_low",
+    "macro_f1_high",
+    "vs_best_low",
+    "vs_best_high",
     "ece",
     "params_m",
     "size_mb",
@@ -144,6 +157,8 @@ def _row(name: str, run_dir: Path, metrics: dict[str, Any], prof: dict[str, Any]
         "arch": metrics["arch"],
         "accuracy": metrics["accuracy"],
         "macro_f1": metrics["macro_f1"],
+        "macro_f1_low": metrics["intervals"]["macro_f1"][0],
+        "macro_f1_high": metrics["intervals"]["macro_f1"][1],
         "ece": metrics["ece"],
         "params_m": prof["params"] / 1e6,
         "size_mb": prof["size_mb"],
@@ -153,6 +168,35 @@ def _row(name: str, run_dir: Path, metrics: dict[str, Any], prof: dict[str, Any]
         "train_time_min": elapsed / 60 if isinstance(elapsed, int | float) else math.nan,
         "run_dir": str(run_dir),
     }
+
+
+def _against_best(rows: list[dict[str, Any]], evaluations: list[EvaluationResult]) -> None:
+    """Each row's macro-F1 minus the best model's, as a 95 % paired bootstrap interval
+    over the test leaves (``vs_best_low/high``; None for the best itself).
+
+    Both models are scored on the same resamples, so the photos every model finds hard
+    cancel out: an interval holding 0 means this test set does not tell the two apart.
+    """
+    best = max(range(len(rows)), key=lambda i: rows[i]["macro_f1"])
+    ref = evaluations[best]
+    index = {path: i for i, path in enumerate(ref.paths)}
+    for row, evaluation in zip(rows, evaluations, strict=True):
+        row["vs_best_low"] = row["vs_best_high"] = None
+        if evaluation is ref or ref.predicted is None or evaluation.predicted is None:
+            continue
+        mine = [i for i, path in enumerate(evaluation.paths) if path in index]
+        theirs = [index[evaluation.paths[i]] for i in mine]
+        if not mine:
+            continue
+        n_classes = len(evaluation.metrics["classes"])
+        diff = bootstrap_intervals(
+            evaluation.labels[mine],
+            evaluation.predicted[mine],
+            n_classes,
+            groups=[evaluation.leaves[i] for i in mine],
+            reference=ref.predicted[theirs],
+        )["macro_f1_difference"]
+        row["vs_best_low"], row["vs_best_high"] = diff
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -173,8 +217,9 @@ def _markdown(
     warnings_: list[str],
 ) -> str:
     header = (
-        "| model | arch | accuracy | macro-F1 | ECE | params (M) | size (MB) | latency mean (ms) "
-        "| latency p95 (ms) | throughput (img/s, batch 32) | train time (min) |"
+        "| model | arch | accuracy | macro-F1 | 95% interval | vs the best (95% paired) | ECE "
+        "| params (M) | size (MB) | latency mean (ms) | latency p95 (ms) "
+        "| throughput (img/s, batch 32) | train time (min) |"
     )
     lines = [
         "# Model comparison",
@@ -184,17 +229,35 @@ def _markdown(
         "throughput at batch 32).",
         "",
         header,
-        "|" + "|".join(["---"] * 2 + ["---:"] * 9) + "|",
+        "|" + "|".join(["---"] * 2 + ["---:"] * 11) + "|",
     ]
     for r in sorted(rows, key=lambda r: -r["macro_f1"]):
         t = r["train_time_min"]
+        vs = (
+            "best"
+            if r["vs_best_low"] is None
+            else f"{r['vs_best_low']:+.3f} to {r['vs_best_high']:+.3f}"
+        )
         lines.append(
             f"| {r['name']} | {r['arch']} | {r['accuracy']:.1%} | {r['macro_f1']:.4f} | "
+            f"{r['macro_f1_low']:.3f}–{r['macro_f1_high']:.3f} | {vs} | "
             f"{r['ece']:.4f} | {r['params_m']:.2f} | {r['size_mb']:.1f} | "
             f"{r['latency_ms_mean']:.1f} | {r['latency_ms_p95']:.1f} | "
             f"{r['throughput_ips']:.0f} | {'–' if math.isnan(t) else f'{t:.1f}'} |"
         )
     lines += ["", recommendation, ""]
+    tied = [r["name"] for r in rows if r["vs_best_low"] is not None and r["vs_best_high"] >= 0]
+    lines += [
+        'Intervals: 95 % bootstrap over the test leaves; "vs the best" is the paired '
+        "difference in macro-F1 (both models on the same resamples)."
+        + (
+            f" This test set does not tell {', '.join(tied)} apart from the best: their "
+            "intervals hold 0."
+            if tied
+            else ""
+        ),
+        "",
+    ]
     lines += [f"> warning: {w}" for w in warnings_]
     lines += [
         "",
@@ -260,6 +323,7 @@ def compare(
     warnings_ = _check_splits(entries, reference, out_dir)
 
     rows: list[dict[str, Any]] = []
+    evaluations: list[EvaluationResult] = []
     test_source, n_test, dev = "", 0, ""
     for name, run_dir in entries:
         evaluation = evaluate_bundle(
@@ -274,7 +338,9 @@ def compare(
         )
         prof = profile_bundle(run_dir / "model", device=device, **(profile or {})).to_dict()
         rows.append(_row(name, run_dir, evaluation.metrics, prof))
+        evaluations.append(evaluation)
         test_source, n_test, dev = evaluation.source, evaluation.metrics["n_images"], prof["device"]
+    _against_best(rows, evaluations)
 
     recommended, line = recommend(rows, latency_budget_ms=latency_budget_ms)
     out_dir.mkdir(parents=True, exist_ok=True)
