@@ -299,15 +299,14 @@ def compare(
         title=f"comparison ({len(result.rows)} models, same test set)", box=box.SIMPLE_HEAD
     )
     table.add_column("model", no_wrap=True)
-    for col in ("acc", "F1", "vs best", "ECE", "MB", "ms", "p95", "img/s", "min"):
+    for col in ("acc", "F1", "ECE", "MB", "ms", "p95", "img/s", "min"):
         table.add_column(col, justify="right", no_wrap=True)
-    for r in sorted(result.rows, key=lambda r: -r["macro_f1"]):
-        low, high = r["vs_best_low"], r["vs_best_high"]
+    ranked = sorted(result.rows, key=lambda r: -r["macro_f1"])
+    for r in ranked:
         table.add_row(
             r["name"],
             f"{r['accuracy']:.3f}",
             f"{r['macro_f1']:.3f}",
-            "–" if low is None else f"{low:+.3f}..{high:+.3f}",
             f"{r['ece']:.3f}",
             f"{r['size_mb']:.1f}",
             f"{r['latency_ms_mean']:.0f}",
@@ -317,10 +316,16 @@ def compare(
         )
     out.print(table)
     out.print(
-        "acc: accuracy, F1: macro-F1, vs best: 95% paired bootstrap interval of the "
-        "macro-F1 difference from the best (holding 0: this test set does not tell them "
-        "apart), MB: size, ms/p95: batch-1 latency mean/p95, img/s: batch-32 throughput, "
-        "min: train time"
+        "acc: accuracy, F1: macro-F1, MB: size, ms/p95: batch-1 latency mean/p95, "
+        "img/s: batch-32 throughput, min: train time"
     )
+    for r in ranked[1:]:
+        low, high = r["vs_best_low"], r["vs_best_high"]
+        if low is not None:
+            verdict = "not told apart by this test set" if high >= 0 else "worse on this test set"
+            out.print(
+                f"{r['name']} minus {ranked[0]['name']}: macro-F1 {low:+.3f} to {high:+.3f} "
+                f"(95% paired bootstrap): {verdict}"
+            )
     out.print(result.recommendation.replace("**", ""))
     out.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
