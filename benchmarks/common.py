@@ -6,6 +6,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 from collections.abc import Sequence
@@ -40,6 +41,13 @@ def machine() -> dict[str, Any]:
         "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (user + system), in seconds."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def median(values: Sequence[float]) -> float:

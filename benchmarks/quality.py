@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 
 from cropdoc.training.recipe import PRETRAINED_STAGES
 
-from .common import DATA, emit, machine
+from .common import DATA, cpu_seconds, emit, machine
 
 WEIGHTS = DATA.parent / "weights" / "tf_efficientnet_lite0.imagenet.safetensors"
 LITE0 = {"arch": "timm/tf_efficientnet_lite0", "weights": str(WEIGHTS)}
@@ -79,12 +78,6 @@ for _row in ("fast-fixed-bn-160", "fast-frozen-bn-160"):
     ROWS[_row]["image_size"] = 160
 
 
-def _cpu_s() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 #: The benchmark's split: every row and every training seed is scored on the same images.
 SPLIT_SEED = 42
 
@@ -99,11 +92,11 @@ def run_row(name: str, options: dict[str, Any], out: Path, seed: int = 42) -> di
     nested = {k: options.pop(k) for k in ("stages", "optim") if k in options}
     config = load_config(overrides=nested)
     run_dir = out / (name if seed == SPLIT_SEED else f"{name}-seed{seed}")
-    started, cpu = time.perf_counter(), _cpu_s()
+    started, cpu = time.perf_counter(), cpu_seconds()
     run = cropdoc.train(
         DATA, out=run_dir, config=config, seed=seed, split_seed=SPLIT_SEED, **options
     )
-    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu
+    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     metrics = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
     meta = cropdoc.load(run.bundle_dir).meta
     return {

@@ -187,9 +187,9 @@ def bootstrap_intervals(
 
     With ``reference`` (another model's predictions on the same images) the intervals of
     the *differences* ``pred - reference`` come too, both models scored on each resample:
-    the paired comparison, much narrower than the two models' own intervals side by side
-    because both gain and lose the same hard photos. An interval that holds 0 says this
-    test set does not tell the two apart.
+    the paired comparison, in which the photos both models get right (or both miss) move
+    the two scores together instead of widening the gap's interval. An interval that
+    holds 0 says this test set does not tell the two apart.
 
     Args:
         labels: (N,) true class indices.
