@@ -2,6 +2,8 @@
 
     python -m benchmarks.quality_cv                        # ours-224, 5 folds (~50 min)
     python -m benchmarks.quality_cv --row seed-224 --folds 5
+    python -m benchmarks.quality_cv --out runs/cv-256 --against runs/cv \\
+        --options '{"image_size": 256, "stage_epochs": [2, 3, 9]}'   # paired with a run
 
 One test split of ``plantvillage-mini`` holds 213 photos, so its macro-F1 has a 95 %
 interval about 4.5 points wide (``cropdoc evaluate`` writes it): it cannot say whether a
@@ -75,10 +77,7 @@ def run_fold(
     run = cropdoc.train(data, out=out, config=load_config(overrides=nested), seed=seed, **options)
     wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
     metrics = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
-    with open(run.run_dir / "eval" / "predictions.csv", newline="") as fh:
-        predictions = [
-            (Path(r["path"]).name, r["true"], r["predicted"]) for r in csv.DictReader(fh)
-        ]
+    predictions = read_predictions(run.run_dir)
     return {
         "fold": k,
         "test_images": metrics["n_images"],
@@ -88,6 +87,37 @@ def run_fold(
         "minutes": wall / 60,
         "cpu_minutes": cpu / 60,
         "predictions": predictions,
+    }
+
+
+def read_predictions(run_dir: Path) -> list[tuple[str, str, str]]:
+    """(file name, true class, predicted class) of each test photo of a fold's run."""
+    with open(run_dir / "eval" / "predictions.csv", newline="") as fh:
+        return [(Path(r["path"]).name, r["true"], r["predicted"]) for r in csv.DictReader(fh)]
+
+
+def paired(mine: list[tuple[str, str, str]], theirs: list[tuple[str, str, str]]) -> dict[str, Any]:
+    """This run's pooled macro-F1 minus another's on the same photos: a 95 % paired
+    bootstrap interval over their leaves."""
+    from cropdoc.data.split import leaf_keys
+    from cropdoc.evaluation import bootstrap_intervals
+
+    other = {(t, name): p for name, t, p in theirs}
+    rows = [(name, t, p, other[(t, name)]) for name, t, p in mine if (t, name) in other]
+    classes = sorted({r[1] for r in rows} | {r[2] for r in rows} | {r[3] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[t] for _, t, _, _ in rows])
+    ci = bootstrap_intervals(
+        y,
+        np.array([index[p] for _, _, p, _ in rows]),
+        len(classes),
+        groups=leaf_keys([(t, name) for name, t, _, _ in rows]),
+        reference=np.array([index[q] for _, _, _, q in rows]),
+    )
+    return {
+        "images": len(rows),
+        "macro_f1_difference": ci["macro_f1_difference"],
+        "accuracy_difference": ci["accuracy_difference"],
     }
 
 
@@ -126,6 +156,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=42, help="fold assignment and training seed")
     p.add_argument("--out", type=Path, default=None, help="keep the runs here (default: temp)")
     p.add_argument(
+        "--against",
+        type=Path,
+        default=None,
+        help="the --out of an earlier run with the same --folds and --seed: the pooled "
+        "macro-F1 difference from it, as a 95%% paired bootstrap interval",
+    )
+    p.add_argument(
         "--options",
         type=json.loads,
         default={},
@@ -150,6 +187,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(json.dumps({k: v for k, v in row.items() if k != "predictions"}), flush=True)
     result["folds"] = [{k: v for k, v in r.items() if k != "predictions"} for r in results]
     result["pooled"] = pooled(results)
+    if args.against is not None:
+        theirs = [
+            row
+            for k in range(args.folds)
+            for row in read_predictions(args.against / f"fold{k}" / "run")
+        ]
+        mine = [row for r in results for row in r["predictions"]]
+        result["against"] = {"out": str(args.against), **paired(mine, theirs)}
     emit(result)
     return result
 
