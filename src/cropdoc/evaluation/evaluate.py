@@ -140,6 +140,7 @@ def _leaves(result: Logits, meta: BundleMeta, group_pattern: str) -> list[str]:
 def _metrics(
     result: Logits,
     probs: np.ndarray,
+    pred: np.ndarray,
     leaves: list[str],
     meta: BundleMeta,
     selection: Selection,
@@ -151,7 +152,6 @@ def _metrics(
     if meta.temperature != 1.0:
         raw = compute_metrics(softmax(result.logits), result.labels, classes)
         metrics["uncalibrated"] = {"nll": raw["nll"], "ece": raw["ece"]}
-    pred = probs.argmax(axis=1)
     cm = confusion_matrix(result.labels, pred, labels=list(range(len(classes))))
     metrics.update(
         {
@@ -318,8 +318,9 @@ def evaluate_bundle(
     if len(result.labels) == 0:
         raise DataError(f"none of the {len(selection.samples)} images could be read: {bad[:3]}")
     probs = softmax(result.logits, meta.temperature)
+    pred = probs.argmax(axis=1)
     leaves = _leaves(result, meta, selection.group_pattern)
-    metrics = _metrics(result, probs, leaves, meta, selection, bad)
+    metrics = _metrics(result, probs, pred, leaves, meta, selection, bad)
     metrics.update(data=str(data_path), bundle=str(bundle.path))
     ood, metrics["ood"], ood_files = _ood(bundle, result, probs, out, ood_dir, **collect)
     files = _write_outputs(out, meta, selection, result, probs, metrics, ood)
@@ -343,7 +344,7 @@ def evaluate_bundle(
         bad_files=bad,
         paths=list(result.paths),
         labels=result.labels,
-        predicted=probs.argmax(axis=1),
+        predicted=pred,
         leaves=leaves,
     )
     if write_report:
