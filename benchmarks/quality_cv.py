@@ -4,6 +4,7 @@
     python -m benchmarks.quality_cv --row seed-224 --folds 5
     python -m benchmarks.quality_cv --out runs/cv-256 --against runs/cv \\
         --options '{"image_size": 256, "stage_epochs": [2, 4, 10]}'   # paired with a run
+    python -m benchmarks.quality_cv --out runs/cv-half --train-fraction 0.5   # learning curve
 
 One test split of ``plantvillage-mini`` holds 213 photos, so its macro-F1 has a 95 %
 interval about 4.5 points wide (``cropdoc evaluate`` writes it): it cannot say whether a
@@ -17,6 +18,11 @@ photos), fits the temperature and evaluates ``test/``. The folds' test predictio
 pooled: macro-F1, accuracy and errors over all photos, with a 95 % bootstrap interval
 over their leaves, beside each fold's own score and time. A fold trains on about 66 % of
 the photos (the single split: 70 %).
+
+``--train-fraction`` keeps only that share of each class's training leaves (whole leaves,
+drawn with the seed) and tests on the same folds: points of a learning curve, to say how
+the score grows with the number of photos. A run kept with ``--out`` resumes: folds whose
+evaluation finished are read back, not trained again (with the same settings only).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -54,13 +61,43 @@ def fold_of_each(folds: int, seed: int) -> tuple[Any, list[int]]:
     return report, fold
 
 
-def link_fold(report: Any, fold: list[int], k: int, root: Path) -> Path:
-    """``root/{train,test}/<class>/<file>``: symbolic links to DATA, fold ``k`` as test."""
-    for sample, f in zip(report.samples, fold, strict=True):
+def training_kept(report: Any, fold: list[int], k: int, fraction: float, seed: int) -> list[bool]:
+    """Which samples outside fold ``k`` to train on: ``fraction`` of each class's training
+    leaf groups (at least one), drawn with ``seed`` and ``k``; every sample when 1."""
+    from cropdoc.data.split import group_keys
+
+    keep = [f != k for f in fold]
+    if fraction >= 1.0:
+        return keep
+    groups = group_keys(report)
+    by_class: dict[int, list[str]] = {}
+    for sample, g, train in zip(report.samples, groups, keep, strict=True):
+        if train and g not in by_class.setdefault(sample.label, []):
+            by_class[sample.label].append(g)
+    rng = np.random.default_rng([seed, k])
+    kept: set[str] = set()
+    for label in sorted(by_class):
+        names = sorted(by_class[label])
+        n = max(1, round(fraction * len(names)))
+        kept.update(names[i] for i in rng.permutation(len(names))[:n])
+    return [train and g in kept for train, g in zip(keep, groups, strict=True)]
+
+
+def link_fold(report: Any, fold: list[int], k: int, root: Path, train: list[bool]) -> Path:
+    """``root/{train,test}/<class>/<file>``: symbolic links to DATA, fold ``k`` as test and
+    the samples marked in ``train`` as training photos. An existing copy is kept as it is."""
+    if root.exists():
+        return root
+    partial = root.with_name(root.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for sample, f, t in zip(report.samples, fold, train, strict=True):
+        if f != k and not t:
+            continue
         rel = Path(report.relative(sample.path))
-        target = root / ("test" if f == k else "train") / rel
+        target = partial / ("test" if f == k else "train") / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         os.symlink(sample.path.resolve(), target)
+    partial.rename(root)
     return root
 
 
@@ -71,21 +108,27 @@ def run_fold(
     import cropdoc
     from cropdoc.config import load_config
 
-    options = {**ROWS[name], **extra}
-    nested = {key: options.pop(key) for key in ("stages", "optim") if key in options}
-    started, cpu = time.perf_counter(), cpu_seconds()
-    run = cropdoc.train(data, out=out, config=load_config(overrides=nested), seed=seed, **options)
-    wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-    metrics = json.loads((run.run_dir / "eval" / "metrics.json").read_text())
-    predictions = read_predictions(run.run_dir)
+    timing = out.with_name("timing.json")
+    if not timing.exists():  # a finished fold of a resumed run is read back as it is
+        options = {**ROWS[name], **extra}
+        nested = {key: options.pop(key) for key in ("stages", "optim") if key in options}
+        shutil.rmtree(out, ignore_errors=True)  # a fold killed half-way starts again
+        started, cpu = time.perf_counter(), cpu_seconds()
+        cropdoc.train(data, out=out, config=load_config(overrides=nested), seed=seed, **options)
+        wall, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        timing.write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
+    spent = json.loads(timing.read_text())
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    predictions = read_predictions(out)
     return {
         "fold": k,
+        "train_images": sum(1 for f in (data / "train").rglob("*") if not f.is_dir()),
         "test_images": metrics["n_images"],
         "test_macro_f1": metrics["macro_f1"],
         "test_macro_f1_interval": metrics["intervals"]["macro_f1"],
         "test_errors": sum(t != p for _, t, p in predictions),
-        "minutes": wall / 60,
-        "cpu_minutes": cpu / 60,
+        "minutes": spent["wall_s"] / 60,
+        "cpu_minutes": spent["cpu_s"] / 60,
         "predictions": predictions,
     }
 
@@ -173,19 +216,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="more cropdoc.train keywords as JSON, e.g. a quick check of the mechanics: "
         '\'{"stage_epochs": [1, 0, 0], "image_size": 64}\'',
     )
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="train on this share of each class's training leaves (0-1], same test folds",
+    )
     args = p.parse_args(argv)
+    if not 0.0 < args.train_fraction <= 1.0:
+        p.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
     report, fold = fold_of_each(args.folds, args.seed)
-    result: dict[str, Any] = {
-        "machine": machine(),
-        "data": str(DATA),
+    settings = {
         "row": args.row,
+        "folds": args.folds,
+        "seed": args.seed,
         "options": args.options,
+        "train_fraction": args.train_fraction,
     }
+    result: dict[str, Any] = {"machine": machine(), "data": str(DATA), **settings}
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
+        kept = out / "settings.json"
+        if kept.exists() and json.loads(kept.read_text()) != settings:
+            p.error(f"{out} holds a run with other settings ({kept}); choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+        kept.write_text(json.dumps(settings, indent=2))
         for k in range(args.folds):
-            data = link_fold(report, fold, k, out / f"fold{k}" / "data")
+            train = training_kept(report, fold, k, args.train_fraction, args.seed)
+            data = link_fold(report, fold, k, out / f"fold{k}" / "data", train)
             row = run_fold(args.row, k, data, out / f"fold{k}" / "run", args.seed, args.options)
             results.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "predictions"}), flush=True)
