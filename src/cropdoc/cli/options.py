@@ -139,7 +139,10 @@ class TrainingOptions:
     ] = None
     recipe: Annotated[
         Recipe | None,
-        _opt(help="auto: three-stage, or one from-scratch stage with --weights none."),
+        _opt(
+            help="auto: three-stage (cropdoc's rates for pretrained backbones: 2/4/12 epochs), "
+            "or scratch (one stage) with --weights none; seed: the seed's table exactly."
+        ),
     ] = None
     stage_epochs: Annotated[
         str | None,

@@ -83,7 +83,7 @@ def resolve_stages(config: TrainConfig) -> list[StageConfig]:
                 _logger.info(
                     "weights=none: no pretrained features to preserve, so using one "
                     "from-scratch stage (all layers, lr 3e-3, warm-up); pass "
-                    "--recipe three-stage to force the seed recipe"
+                    "--recipe three-stage (or --recipe seed) to train in three stages anyway"
                 )
         stages = list(_RECIPES[recipe])
     stages = _per_stage(stages, config.stage_epochs, "epochs", "--stage-epochs")
