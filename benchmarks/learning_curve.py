@@ -24,17 +24,14 @@ from typing import Any
 import numpy as np
 
 from .common import emit, machine
-from .quality_cv import read_predictions
+from .quality_cv import encode_classes, read_predictions, training_photos
 
 
 def load_run(out: Path) -> dict[str, Any]:
     """A ``quality_cv --out`` directory: its settings, photos per fold and predictions."""
     settings = json.loads((out / "settings.json").read_text())
     folds = range(settings["folds"])
-    train = [
-        sum(1 for f in (out / f"fold{k}" / "data" / "train").rglob("*") if not f.is_dir())
-        for k in folds
-    ]
+    train = [training_photos(out / f"fold{k}" / "data") for k in folds]
     rows = [row for k in folds for row in read_predictions(out / f"fold{k}" / "run")]
     return {"out": out, "settings": settings, "train_photos": float(np.mean(train)), "rows": rows}
 
@@ -88,15 +85,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if other != same:
             p.error(f"{run['out']} and {runs[0]['out']} differ in more than --train-fraction")
     photos = sorted((t, name) for name, t, _ in runs[0]["rows"])
-    classes = sorted({t for t, _ in photos} | {c for r in runs for _, _, c in r["rows"]})
-    index = {c: i for i, c in enumerate(classes)}
-    y = np.array([index[t] for t, _ in photos])
-    preds = []
+    predicted = []
     for run in runs:
         by_photo = {(t, name): c for name, t, c in run["rows"]}
         if sorted(by_photo) != photos:
             p.error(f"{run['out']} scored other photos than {runs[0]['out']}")
-        preds.append(np.array([index[by_photo[key]] for key in photos]))
+        predicted.append([by_photo[key] for key in photos])
+    # One row per photo: its name, true class and each run's prediction.
+    rows = [(name, t, *c) for (t, name), *c in zip(photos, *predicted, strict=True)]
+    classes, (y, *preds) = encode_classes(rows)
 
     _, leaf_of = np.unique(np.array(leaf_keys(photos)), return_inverse=True)
     n_leaves = int(leaf_of.max()) + 1

@@ -43,8 +43,9 @@ from .common import DATA, cpu_seconds, emit, machine
 from .quality import ROWS
 
 
-def fold_of_each(folds: int, seed: int) -> tuple[Any, list[int]]:
-    """The scan of DATA and the test fold of each of its samples (grouped, stratified)."""
+def fold_of_each(folds: int, seed: int) -> tuple[Any, list[str], list[int]]:
+    """The scan of DATA, the leaf group of each of its samples and each sample's test fold
+    (grouped, stratified)."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     from cropdoc.data.scan import scan_folder
@@ -58,18 +59,17 @@ def fold_of_each(folds: int, seed: int) -> tuple[Any, list[int]]:
     for k, (_, test) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         for i in test:
             fold[i] = k
-    return report, fold
+    return report, groups, fold
 
 
-def training_kept(report: Any, fold: list[int], k: int, fraction: float, seed: int) -> list[bool]:
+def training_kept(
+    report: Any, groups: list[str], fold: list[int], k: int, fraction: float, seed: int
+) -> list[bool]:
     """Which samples outside fold ``k`` to train on: ``fraction`` of each class's training
     leaf groups (at least one), drawn with ``seed`` and ``k``; every sample when 1."""
-    from cropdoc.data.split import group_keys
-
     keep = [f != k for f in fold]
     if fraction >= 1.0:
         return keep
-    groups = group_keys(report)
     by_class: dict[int, list[str]] = {}
     for sample, g, train in zip(report.samples, groups, keep, strict=True):
         if train and g not in by_class.setdefault(sample.label, []):
@@ -122,7 +122,7 @@ def run_fold(
     predictions = read_predictions(out)
     return {
         "fold": k,
-        "train_images": sum(1 for f in (data / "train").rglob("*") if not f.is_dir()),
+        "train_images": training_photos(data),
         "test_images": metrics["n_images"],
         "test_macro_f1": metrics["macro_f1"],
         "test_macro_f1_interval": metrics["intervals"]["macro_f1"],
@@ -133,13 +133,18 @@ def run_fold(
     }
 
 
+def training_photos(data: Path) -> int:
+    """How many photos a fold's pre-split copy holds in ``train/`` (val is carved from it)."""
+    return sum(1 for f in (data / "train").rglob("*") if not f.is_dir())
+
+
 def read_predictions(run_dir: Path) -> list[tuple[str, str, str]]:
     """(file name, true class, predicted class) of each test photo of a fold's run."""
     with open(run_dir / "eval" / "predictions.csv", newline="") as fh:
         return [(Path(r["path"]).name, r["true"], r["predicted"]) for r in csv.DictReader(fh)]
 
 
-def _encode(rows: list[tuple[str, ...]]) -> tuple[list[str], list[np.ndarray]]:
+def encode_classes(rows: list[tuple[str, ...]]) -> tuple[list[str], list[np.ndarray]]:
     """The class names in ``rows`` (file name, then class columns) and each class column
     as indices into them."""
     classes = sorted({c for row in rows for c in row[1:]})
@@ -156,7 +161,7 @@ def paired(mine: list[tuple[str, str, str]], theirs: list[tuple[str, str, str]])
 
     other = {(t, name): p for name, t, p in theirs}
     rows = [(name, t, p, other[(t, name)]) for name, t, p in mine if (t, name) in other]
-    classes, (y, pred, ref) = _encode(rows)
+    classes, (y, pred, ref) = encode_classes(rows)
     ci = bootstrap_intervals(
         y,
         pred,
@@ -178,7 +183,7 @@ def pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:
     from cropdoc.evaluation.metrics import compute_metrics
 
     rows = [p for f in folds for p in f["predictions"]]
-    classes, (y, pred) = _encode(rows)
+    classes, (y, pred) = encode_classes(rows)
     probs = np.eye(len(classes))[pred]  # only the argmax matters for F1 and accuracy
     m = compute_metrics(probs, y, classes)
     leaves = leaf_keys([(t, name) for name, t, _ in rows])
@@ -225,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if not 0.0 < args.train_fraction <= 1.0:
         p.error(f"--train-fraction must be in (0, 1], got {args.train_fraction}")
-    report, fold = fold_of_each(args.folds, args.seed)
+    report, groups, fold = fold_of_each(args.folds, args.seed)
     settings = {
         "row": args.row,
         "folds": args.folds,
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         kept.write_text(json.dumps(settings, indent=2))
         for k in range(args.folds):
-            train = training_kept(report, fold, k, args.train_fraction, args.seed)
+            train = training_kept(report, groups, fold, k, args.train_fraction, args.seed)
             data = link_fold(report, fold, k, out / f"fold{k}" / "data", train)
             row = run_fold(args.row, k, data, out / f"fold{k}" / "run", args.seed, args.options)
             results.append(row)
